@@ -1,0 +1,195 @@
+import math
+
+import numpy as np
+import pytest
+from affine import Affine
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from components.chips import (
+    CHIP_SIZE,
+    axis_starts,
+    chip_grid,
+    chip_step,
+    inner_edges,
+    shard_chips,
+    write_boundaries,
+)
+
+dims = st.integers(min_value=1, max_value=6000)
+sizes = st.sampled_from([16, 64, 100, 1024])
+overlaps = st.floats(min_value=0.0, max_value=0.95, allow_nan=False)
+
+
+def test_defaults_match_farmvibes():
+    assert CHIP_SIZE == 1024
+    grid = chip_grid(2048, 2048)
+    # step 512, n = ceil(1024 / 512) + 1 = 3 per axis
+    assert grid.row_starts == (0, 512, 1024)
+    assert grid.col_starts == (0, 512, 1024)
+    assert len(grid) == 9
+
+
+def test_whole_s2_tile_at_half_overlap_has_441_chips():
+    grid = chip_grid(10980, 10980, spatial_overlap=0.5)
+    assert grid.shape == (21, 21)
+    assert len(grid) == 441
+
+
+def test_n_per_axis_formula():
+    for dim, overlap in [(1500, 0.5), (1025, 0.0), (3000, 0.25), (5000, 0.1)]:
+        step = int(1024 * (1 - overlap))
+        n = math.ceil((dim - 1024) / step) + 1
+        starts = axis_starts(dim, 1024, overlap)
+        assert len(starts) == max(n, 2)
+        assert starts[0] == 0 and starts[-1] == dim - 1024
+        np.testing.assert_array_equal(starts, np.round(np.linspace(0, dim - 1024, len(starts))))
+
+
+def test_one_pixel_larger_than_a_chip_gives_two_chips_even_without_overlap():
+    assert axis_starts(1025, 1024, 0.0).tolist() == [0, 1]
+
+
+def test_scene_smaller_than_chip_is_one_padded_chip_with_real_extent():
+    grid = chip_grid(379, 578, spatial_overlap=0.5)
+    assert len(grid) == 1
+    (chip,) = grid.chips
+    assert (chip.row, chip.col, chip.size) == (0, 0, 1024)
+    assert (chip.valid_height, chip.valid_width) == (379, 578)
+    assert chip.bounds == (0, 0, 1024, 1024)
+    assert chip.valid_bounds == (0, 0, 578, 379)
+    assert chip.write_bounds == (0, 0, 578, 379)
+    assert inner_edges(chip, grid) == (False, False, False, False)
+
+
+def test_scene_short_on_one_axis_only():
+    grid = chip_grid(500, 3000, spatial_overlap=0.5)
+    assert grid.shape == (1, 5)
+    assert {c.valid_height for c in grid} == {500}
+    assert {c.valid_width for c in grid} == {1024}
+
+
+def test_chip_transform_offsets_the_scene_transform():
+    scene = Affine(10.0, 0.0, 359130.0, 0.0, -10.0, 5352340.0)
+    chip = chip_grid(2000, 2000)[4]
+    assert (chip.row, chip.col) == (488, 488)  # starts 0, 488, 976
+    t = chip.transform(scene)
+    assert t @ (0, 0) == scene @ (488, 488)
+    assert t @ (10, 20) == pytest.approx(scene @ (498, 508))
+
+
+@pytest.mark.parametrize("overlap", [1.0, -0.1, 1.5, float("nan")])
+def test_bad_overlap_is_a_clear_error(overlap):
+    with pytest.raises(ValueError, match="spatial_overlap"):
+        chip_grid(2000, 2000, spatial_overlap=overlap)
+
+
+def test_overlap_that_leaves_no_step_is_a_clear_error():
+    with pytest.raises(ValueError, match="step of 0 px"):
+        chip_step(1024, 0.9999)
+
+
+@pytest.mark.parametrize("dim", [0, -5])
+def test_bad_scene_size_is_a_clear_error(dim):
+    with pytest.raises(ValueError, match="scene dimension"):
+        chip_grid(dim, 100)
+
+
+@settings(max_examples=300, deadline=None)
+@given(dim=dims, size=sizes, overlap=overlaps)
+def test_axis_properties(dim, size, overlap):
+    assume(int(size * (1 - overlap)) >= 1)
+    starts = axis_starts(dim, size, overlap)
+    # no chip starts outside the scene, the first is flush with 0
+    assert starts[0] == 0
+    assert (starts >= 0).all()
+    if dim >= size:
+        # no chip extends past the scene, the last is flush with the end
+        assert (starts + size <= dim).all()
+        assert starts[-1] == dim - size
+    else:
+        assert len(starts) == 1
+    assert (np.diff(starts) > 0).all()
+    # full coverage: every pixel lies in some chip
+    covered = np.zeros(dim, dtype=bool)
+    for s in starts:
+        covered[s : s + size] = True
+    assert covered.all()
+    # overlap >= requested between consecutive chips
+    if len(starts) > 1:
+        overlap_px = size - np.diff(starts)
+        assert (overlap_px >= size * overlap - 1e-9).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(dim=dims, size=sizes, overlap=overlaps)
+def test_write_intervals_partition_the_axis_inside_their_chips(dim, size, overlap):
+    assume(int(size * (1 - overlap)) >= 1)
+    starts = axis_starts(dim, size, overlap)
+    b = write_boundaries(starts, size, dim)
+    assert b[0] == 0 and b[-1] == dim
+    assert (np.diff(b) > 0).all()  # every chip writes something, intervals are disjoint
+    for i, s in enumerate(starts):
+        assert s <= b[i] and b[i + 1] <= min(s + size, dim)  # chip writes only its own pixels
+    # the writer of each pixel is the chip whose centre is nearest (ties to the lower index)
+    x = np.arange(dim)
+    centres = starts + size / 2
+    inside = (x[:, None] >= starts[None]) & (x[:, None] < starts[None] + size)
+    dist = np.where(inside, np.abs(x[:, None] + 0.5 - centres[None]), np.inf)
+    nearest = np.argmin(dist, axis=1)
+    writer = np.searchsorted(b, x, side="right") - 1
+    np.testing.assert_array_equal(writer, nearest)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(1, 3000),
+    width=st.integers(1, 3000),
+    size=st.sampled_from([64, 256, 1024]),
+    overlap=overlaps,
+)
+def test_grid_write_windows_partition_the_scene(height, width, size, overlap):
+    grid = chip_grid(height, width, size=size, spatial_overlap=overlap)
+    count = np.zeros((height, width), dtype=np.int32)
+    for chip in grid:
+        x0, y0, x1, y1 = chip.write_bounds
+        vx0, vy0, vx1, vy1 = chip.valid_bounds
+        assert vx0 <= x0 < x1 <= vx1 and vy0 <= y0 < y1 <= vy1
+        count[y0:y1, x0:x1] += 1
+    assert (count == 1).all()
+    # owner() agrees with the write windows
+    rows, cols = np.mgrid[0:height:7, 0:width:7]
+    owners = grid.owner(rows.ravel(), cols.ravel())
+    for r, c, o in zip(rows.ravel(), cols.ravel(), owners, strict=True):
+        x0, y0, x1, y1 = grid[int(o)].write_bounds
+        assert x0 <= c < x1 and y0 <= r < y1
+
+
+def test_owner_rejects_pixels_outside_the_scene():
+    grid = chip_grid(100, 100, size=64)
+    with pytest.raises(ValueError, match="outside the scene"):
+        grid.owner(np.array([100]), np.array([0]))
+
+
+def test_inner_edges_and_neighbours():
+    grid = chip_grid(2048, 2048, spatial_overlap=0.5)  # 3 x 3
+    corner, centre = grid[0], grid[4]
+    assert inner_edges(corner, grid) == (False, False, True, True)
+    assert inner_edges(centre, grid) == (True, True, True, True)
+    assert {c.index for c in grid.neighbours(corner)} == {1, 3, 4}  # chips 2, 5.. start at 1024
+    assert len(grid.neighbours(centre)) == 8
+    no_overlap = chip_grid(2048, 2048, spatial_overlap=0.0)  # 2 x 2, touching only
+    assert grid.neighbours(grid[0])
+    assert no_overlap.neighbours(no_overlap[0]) == []
+
+
+def test_shards_are_contiguous_balanced_and_complete():
+    shards = shard_chips(list(range(441)), 8)
+    assert len(shards) == 8
+    assert [i for s in shards for i in s] == list(range(441))
+    sizes_ = [len(s) for s in shards]
+    assert max(sizes_) - min(sizes_) <= 1
+    assert shard_chips([0, 1], 5) == [[0], [1]]
+    assert shard_chips([], 3) == []
+    with pytest.raises(ValueError, match="shards"):
+        shard_chips([1], 0)
