@@ -1,0 +1,555 @@
+"""SAM prompts: a GeoJSON FeatureCollection of points and boxes, turned into scene pixels.
+
+The schema is FarmVibes.AI's ``segment_s2`` prompt format, checked strictly so that a
+bad prompt fails before any inference with a message naming the feature at fault:
+
+* Every feature has ``properties.label`` (int ``1`` foreground or ``0`` background)
+  and ``properties.prompt_id`` (int or str). Features sharing a ``prompt_id`` form one
+  *prompt group*: one SAM call, one output mask.
+* ``Point`` is a point prompt; each point of a ``MultiPoint`` is a point prompt with
+  the feature's label; a ``Polygon``'s bounds are a box prompt (label must be 1; at
+  most one box per group). A group needs a foreground point or a box.
+* Positions are RFC 7946 lon/lat unless the collection carries the legacy GeoJSON
+  ``crs`` member (``{"type": "name", "properties": {"name": "EPSG:32633"}}``).
+
+Groups keep the order in which their ``prompt_id`` first appears in the collection;
+downstream this is the order of the output bands, so it must not depend on hashing.
+
+Pixel coordinates are *continuous* ``(x, y) = (col, row)``: pixel ``(r, c)`` spans
+``x`` in ``[c, c + 1)`` and ``y`` in ``[r, r + 1)``, so its centre is
+``(c + 0.5, r + 0.5)``. That is what the inverse raster transform yields. SAM's prompt
+encoder reads coordinates as pixel *indices* and adds 0.5 itself, so the inference
+runtime subtracts 0.5 before calling it: a prompt lands where it was drawn, with no
+half-pixel shift. Containment tests are half-open: a point at ``x == width`` is
+outside the scene.
+
+Prompts outside the scene are not errors (one prompt file often serves several
+scenes): they are dropped and reported in :attr:`ScenePrompts.dropped`. Only a file
+with no usable prompt left in the scene is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from affine import Affine
+from numpy.typing import NDArray
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
+
+from components.chips import Chip
+
+PromptId = int | str
+"""A prompt group's id; becomes the name of its output band."""
+
+Box = tuple[float, float, float, float]
+"""A box prompt as ``(x0, y0, x1, y1)`` pixels, ``x0 <= x1`` and ``y0 <= y1``."""
+
+GeometryType = Literal["Point", "MultiPoint", "Polygon"]
+
+DEFAULT_CRS = "OGC:CRS84"
+"""RFC 7946 coordinates: WGS 84 longitude, latitude."""
+
+BOX_EDGE_POINTS = 32
+"""Points per polygon edge before reprojection.
+
+A straight edge in lon/lat is curved in UTM (a 2° parallel bows by ~500 m), so the
+corners alone would give a box too small. A fixed count per edge works in any unit;
+32 leaves under 0.1% of the bow (about 0.5 m for that parallel).
+"""
+
+_MAX_LISTED_REASONS = 20
+
+
+@dataclass(frozen=True)
+class PromptFeature:
+    """One validated feature, still in the collection's CRS."""
+
+    index: int
+    """Position in the collection's ``features`` list, for messages."""
+    prompt_id: PromptId
+    label: int
+    geometry_type: GeometryType
+    coordinates: tuple[tuple[float, float], ...]
+    """The points of a Point/MultiPoint, or a Polygon's exterior ring."""
+
+    @property
+    def is_box(self) -> bool:
+        """Whether the feature is a box prompt (a Polygon)."""
+        return self.geometry_type == "Polygon"
+
+
+@dataclass(frozen=True)
+class ParsedPrompts:
+    """A validated prompt collection and the CRS its coordinates are in."""
+
+    features: tuple[PromptFeature, ...]
+    crs: CRS
+
+    @property
+    def prompt_ids(self) -> tuple[PromptId, ...]:
+        """Prompt ids in order of first appearance: the output band order."""
+        return tuple(dict.fromkeys(f.prompt_id for f in self.features))
+
+
+@dataclass(frozen=True, eq=False)
+class PromptGroup:
+    """The prompts of one ``prompt_id`` in scene (or chip) pixel coordinates."""
+
+    prompt_id: PromptId
+    points: NDArray[np.float64]
+    """``(N, 2)`` point prompts as ``(x, y) = (col, row)``; ``N`` may be 0."""
+    labels: NDArray[np.int64]
+    """``(N,)`` point labels: 1 foreground, 0 background."""
+    box: Box | None
+    feature_indices: tuple[int, ...]
+    """Indices of the features the group was built from (for messages)."""
+
+    def __post_init__(self) -> None:
+        # Read-only copies: groups are shared between chips and must not drift.
+        points = np.array(self.points, dtype=np.float64).reshape(-1, 2)
+        labels = np.array(self.labels, dtype=np.int64).reshape(-1)
+        if len(points) != len(labels):
+            raise ValueError(f"{len(points)} points but {len(labels)} labels")
+        points.flags.writeable = False
+        labels.flags.writeable = False
+        object.__setattr__(self, "points", points)
+        object.__setattr__(self, "labels", labels)
+
+    @property
+    def has_foreground(self) -> bool:
+        """Whether the group has at least one foreground point."""
+        return bool((self.labels == 1).any())
+
+
+@dataclass(frozen=True)
+class DroppedPrompt:
+    """A prompt (or a whole group) left out because it is not usable in the scene."""
+
+    prompt_id: PromptId
+    feature_index: int | None
+    """The feature it came from; ``None`` when the whole group is dropped."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScenePrompts:
+    """The usable prompt groups of one scene, and what was dropped on the way."""
+
+    groups: tuple[PromptGroup, ...]
+    dropped: tuple[DroppedPrompt, ...]
+
+    @property
+    def prompt_ids(self) -> tuple[PromptId, ...]:
+        """Ids of the usable groups, in output band order."""
+        return tuple(g.prompt_id for g in self.groups)
+
+
+def parse_prompts(geojson: str | Mapping[str, Any]) -> ParsedPrompts:
+    """Validate a prompt FeatureCollection (JSON text or a parsed mapping).
+
+    Raises:
+        ValueError: The collection breaks the schema; the message names the feature
+            (index and ``prompt_id``) or group and the rule it breaks.
+    """
+    doc: Any = geojson
+    if isinstance(geojson, str):
+        try:
+            doc = json.loads(geojson)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"prompts are not valid JSON: {err}") from err
+    if not isinstance(doc, Mapping):
+        raise ValueError(
+            f"prompts must be a GeoJSON FeatureCollection object, got {type(doc).__name__}"
+        )
+    if doc.get("type") != "FeatureCollection":
+        raise ValueError(
+            f"prompts must be a GeoJSON FeatureCollection, got type {doc.get('type')!r}"
+        )
+    crs = _collection_crs(doc)
+    raw = doc.get("features")
+    if not isinstance(raw, list | tuple):
+        raise ValueError(f"FeatureCollection 'features' must be a list, got {type(raw).__name__}")
+    if not raw:
+        raise ValueError("FeatureCollection has no features: at least one prompt is needed")
+    features = tuple(_parse_feature(i, f, crs.is_geographic) for i, f in enumerate(raw))
+    _check_groups(features)
+    return ParsedPrompts(features=features, crs=crs)
+
+
+def prompts_to_scene(
+    parsed: ParsedPrompts, raster_crs: object, transform: Affine, height: int, width: int
+) -> ScenePrompts:
+    """Project prompts into a ``height`` x ``width`` scene's pixel coordinates.
+
+    ``raster_crs`` is anything :meth:`pyproj.crs.CRS.from_user_input` takes (a pyproj
+    or rasterio CRS, ``"EPSG:32633"``, WKT); ``transform`` maps pixel ``(col, row)``
+    to raster CRS ``(x, y)``, as rasterio's ``dataset.transform`` does.
+
+    Points outside the scene are dropped; boxes are clipped to it, or dropped when
+    they miss it; a box then grows to hold its group's foreground points, as in
+    FarmVibes. A group left with neither a foreground point nor a box is dropped.
+
+    Raises:
+        ValueError: Bad scene geometry or CRS, or no usable prompt in the scene; the
+            message lists why each prompt was dropped.
+    """
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"scene {name} must be a positive integer, got {value!r}")
+    if transform.is_degenerate:
+        raise ValueError(f"raster transform is not invertible: {transform!r}")
+    try:
+        dst = CRS.from_user_input(raster_crs)
+    except CRSError as err:
+        raise ValueError(f"raster CRS {raster_crs!r} is not a CRS pyproj understands") from err
+    projector = _PixelProjector(parsed.crs, dst, transform)
+    scene: Box = (0.0, 0.0, float(width), float(height))
+    size = f"{width} x {height} px scene"
+
+    dropped: list[DroppedPrompt] = []
+    points: dict[PromptId, list[tuple[float, float]]] = {}
+    labels: dict[PromptId, list[int]] = {}
+    boxes: dict[PromptId, Box] = {}
+    indices: dict[PromptId, list[int]] = {}
+    for pid in parsed.prompt_ids:
+        points[pid], labels[pid], indices[pid] = [], [], []
+
+    for feature in parsed.features:
+        pid = feature.prompt_id
+        indices[pid].append(feature.index)
+        if feature.is_box:
+            box, why = _scene_box(projector, feature.coordinates, scene)
+            if box is None:
+                dropped.append(DroppedPrompt(pid, feature.index, why))
+            else:
+                boxes[pid] = box
+            continue
+        xy = projector(np.asarray(feature.coordinates, dtype=np.float64))
+        for (x, y), (src_x, src_y) in zip(xy.tolist(), feature.coordinates, strict=True):
+            if not np.isfinite([x, y]).all():
+                why = f"point ({src_x}, {src_y}) cannot be reprojected to the raster CRS"
+            elif not _contains(scene, x, y):
+                why = f"point at col {x:.1f}, row {y:.1f} is outside the {size}"
+            else:
+                points[pid].append((x, y))
+                labels[pid].append(feature.label)
+                continue
+            dropped.append(DroppedPrompt(pid, feature.index, why))
+
+    groups: list[PromptGroup] = []
+    for pid in parsed.prompt_ids:
+        group_points = np.array(points[pid], dtype=np.float64).reshape(-1, 2)
+        group_labels = np.array(labels[pid], dtype=np.int64)
+        foreground = group_points[group_labels == 1]
+        box = boxes.get(pid)
+        if box is None and len(foreground) == 0:
+            dropped.append(
+                DroppedPrompt(
+                    pid,
+                    None,
+                    f"group has no foreground point or box inside the {size}, "
+                    "so its remaining prompts are dropped too",
+                )
+            )
+            continue
+        if box is not None and len(foreground):
+            # SAM reads a box as "the object is in here": it must hold the clicks.
+            lo = foreground.min(axis=0)
+            hi = foreground.max(axis=0)
+            box = (
+                min(box[0], float(lo[0])),
+                min(box[1], float(lo[1])),
+                max(box[2], float(hi[0])),
+                max(box[3], float(hi[1])),
+            )
+        groups.append(PromptGroup(pid, group_points, group_labels, box, tuple(indices[pid])))
+
+    if not groups:
+        reasons = [
+            f"prompt_id {d.prompt_id!r}"
+            + ("" if d.feature_index is None else f" feature {d.feature_index}")
+            + f": {d.reason}"
+            for d in dropped
+        ]
+        more = len(reasons) - _MAX_LISTED_REASONS
+        listed = "; ".join(reasons[:_MAX_LISTED_REASONS]) + (
+            f"; and {more} more" if more > 0 else ""
+        )
+        raise ValueError(f"no usable prompt in the {size}: {listed}")
+    return ScenePrompts(groups=tuple(groups), dropped=tuple(dropped))
+
+
+def load_prompts(
+    geojson: str | Mapping[str, Any],
+    raster_crs: object,
+    transform: Affine,
+    height: int,
+    width: int,
+) -> ScenePrompts:
+    """Validate prompts and project them into a scene (both steps in one call)."""
+    return prompts_to_scene(parse_prompts(geojson), raster_crs, transform, height, width)
+
+
+def prompts_for_chip(prompts: ScenePrompts, chip: Chip) -> list[PromptGroup]:
+    """The groups that run in a chip, in chip pixel coordinates.
+
+    Only the chip's valid extent counts (never the padding of a short scene). As in
+    FarmVibes, a group runs where it has a foreground point; a box-only group runs
+    in every chip its box touches. A group with foreground points elsewhere does not
+    run on its box alone, or each chip would segment a fragment of the same object.
+    The chip's version keeps the points inside the chip and the box clipped to it.
+    """
+    extent: Box = chip.valid_bounds
+    offset = np.array([chip.col, chip.row], dtype=np.float64)
+    out: list[PromptGroup] = []
+    for group in prompts.groups:
+        inside = _contains(extent, group.points[:, 0], group.points[:, 1])
+        box = None if group.box is None else _clip(group.box, extent)
+        on_foreground = bool((inside & (group.labels == 1)).any())
+        if not on_foreground and (group.has_foreground or box is None):
+            continue
+        if box is not None:
+            box = (box[0] - chip.col, box[1] - chip.row, box[2] - chip.col, box[3] - chip.row)
+        out.append(
+            PromptGroup(
+                prompt_id=group.prompt_id,
+                points=group.points[inside] - offset,
+                labels=group.labels[inside],
+                box=box,
+                feature_indices=group.feature_indices,
+            )
+        )
+    return out
+
+
+class _PixelProjector:
+    """Source CRS ``(x, y)`` to continuous scene pixels ``(col, row)``."""
+
+    def __init__(self, src: CRS, dst: CRS, transform: Affine) -> None:
+        # always_xy: GeoJSON positions are (lon, lat) / (easting, northing) whatever
+        # axis order the CRS's authority declares.
+        self._transformer = Transformer.from_crs(src, dst, always_xy=True)
+        self._inverse = ~transform
+
+    def __call__(self, xy: NDArray[np.float64]) -> NDArray[np.float64]:
+        x, y = self._transformer.transform(xy[:, 0], xy[:, 1])
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        # ``~transform * (x, y)``, written out so it vectorises.
+        inv = self._inverse
+        col = inv.a * x + inv.b * y + inv.c
+        row = inv.d * x + inv.e * y + inv.f
+        return np.column_stack([col, row])
+
+
+def _scene_box(
+    projector: _PixelProjector, ring: tuple[tuple[float, float], ...], scene: Box
+) -> tuple[Box | None, str]:
+    """A polygon's bounds in scene pixels, clipped; or ``None`` and why it is dropped."""
+    xy = np.asarray(ring, dtype=np.float64)
+    closed = np.vstack([xy, xy[:1]])
+    t = np.arange(BOX_EDGE_POINTS, dtype=np.float64)[None, :, None] / BOX_EDGE_POINTS
+    dense = (closed[:-1, None, :] * (1.0 - t) + closed[1:, None, :] * t).reshape(-1, 2)
+    pixels = projector(dense)
+    if not np.isfinite(pixels).all():
+        return None, "box cannot be reprojected to the raster CRS"
+    lo = pixels.min(axis=0)
+    hi = pixels.max(axis=0)
+    box: Box = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
+    clipped = _clip(box, scene)
+    if clipped is None:
+        x0, y0, x1, y1 = box
+        return None, (
+            f"box (cols {x0:.1f}..{x1:.1f}, rows {y0:.1f}..{y1:.1f}) is outside the "
+            f"{int(scene[2])} x {int(scene[3])} px scene"
+        )
+    return clipped, ""
+
+
+def _contains(extent: Box, x: Any, y: Any) -> Any:
+    """Half-open containment of points in ``extent``; works on scalars and arrays."""
+    x0, y0, x1, y1 = extent
+    return (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+
+
+def _clip(box: Box, extent: Box) -> Box | None:
+    """``box`` clipped to ``extent``, or ``None`` if they share no area."""
+    x0, y0 = max(box[0], extent[0]), max(box[1], extent[1])
+    x1, y1 = min(box[2], extent[2]), min(box[3], extent[3])
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return (x0, y0, x1, y1)
+
+
+def _collection_crs(doc: Mapping[str, Any]) -> CRS:
+    """The CRS of the collection: the legacy ``crs`` member if any, else RFC 7946."""
+    member = doc.get("crs")
+    if member is None:
+        return CRS.from_user_input(DEFAULT_CRS)
+    name = None
+    if isinstance(member, Mapping) and member.get("type") == "name":
+        props = member.get("properties")
+        if isinstance(props, Mapping):
+            name = props.get("name")
+    if not isinstance(name, str):
+        raise ValueError(
+            f"unsupported 'crs' member {member!r}: expected "
+            '{"type": "name", "properties": {"name": "EPSG:..."}}'
+        )
+    try:
+        return CRS.from_user_input(name)
+    except CRSError as err:
+        raise ValueError(f"'crs' name {name!r} is not a CRS pyproj understands") from err
+
+
+def _where(index: int, prompt_id: PromptId | None = None) -> str:
+    return f"feature {index}" if prompt_id is None else f"feature {index} (prompt_id {prompt_id!r})"
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass, but ``true`` as a label or id is a mistake.
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def _parse_feature(index: int, feature: object, geographic: bool) -> PromptFeature:
+    if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
+        raise ValueError(f"feature {index}: must be a GeoJSON Feature, got {_short(feature)}")
+    props = feature.get("properties")
+    if not isinstance(props, Mapping):
+        raise ValueError(f"feature {index}: needs 'properties' with 'label' and 'prompt_id'")
+    if "prompt_id" not in props:
+        raise ValueError(f"feature {index}: properties need a 'prompt_id'")
+    raw_id = props["prompt_id"]
+    if _is_int(raw_id):
+        prompt_id: PromptId = int(raw_id)
+    elif isinstance(raw_id, str) and raw_id.strip():
+        prompt_id = raw_id
+    else:
+        raise ValueError(
+            f"feature {index}: prompt_id must be an int or a non-empty string, got {_short(raw_id)}"
+        )
+    where = _where(index, prompt_id)
+    if "label" not in props:
+        raise ValueError(f"{where}: properties need a 'label' (1 foreground, 0 background)")
+    label = props["label"]
+    if not _is_int(label) or label not in (0, 1):
+        raise ValueError(f"{where}: label must be 0 or 1, got {_short(label)}")
+
+    geometry = feature.get("geometry")
+    if not isinstance(geometry, Mapping):
+        raise ValueError(
+            f"{where}: geometry must be a Point, MultiPoint or Polygon, got {_short(geometry)}"
+        )
+    kind = geometry.get("type")
+    coords = geometry.get("coordinates")
+    if kind == "Point":
+        positions = [_position(where, coords)]
+    elif kind == "MultiPoint":
+        if not isinstance(coords, list | tuple) or not coords:
+            raise ValueError(f"{where}: MultiPoint coordinates must be a non-empty list")
+        positions = [_position(where, p) for p in coords]
+    elif kind == "Polygon":
+        if label != 1:
+            raise ValueError(f"{where}: a Polygon is a box prompt and must have label 1, got 0")
+        if not isinstance(coords, list | tuple) or not coords:
+            raise ValueError(f"{where}: Polygon coordinates must be a non-empty list of rings")
+        rings = [_ring(where, ring) for ring in coords]
+        positions = rings[0]
+        xs = [p[0] for p in positions]
+        ys = [p[1] for p in positions]
+        if max(xs) == min(xs) or max(ys) == min(ys):
+            raise ValueError(f"{where}: Polygon has zero width or height, so it is no box")
+        for ring in rings[1:]:
+            _check_range(where, ring, geographic)
+    else:
+        raise ValueError(
+            f"{where}: geometry type must be Point, MultiPoint or Polygon, got {kind!r}"
+        )
+    _check_range(where, positions, geographic)
+    return PromptFeature(
+        index=index,
+        prompt_id=prompt_id,
+        label=int(label),
+        geometry_type=kind,
+        coordinates=tuple(positions),
+    )
+
+
+def _position(where: str, value: object) -> tuple[float, float]:
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) not in (2, 3)
+        or not all(_is_number(v) for v in value)
+    ):
+        raise ValueError(f"{where}: a position must be [x, y] numbers, got {_short(value)}")
+    x, y = float(value[0]), float(value[1])
+    if not (np.isfinite(x) and np.isfinite(y)):
+        raise ValueError(f"{where}: coordinates must be finite, got {_short(value)}")
+    return (x, y)
+
+
+def _ring(where: str, value: object) -> list[tuple[float, float]]:
+    # RFC 7946 rings are closed with >= 4 positions; an unclosed ring has the same
+    # bounds, so only require enough positions to span an area.
+    if not isinstance(value, list | tuple) or len(value) < 3:
+        raise ValueError(
+            f"{where}: a Polygon ring must be a list of at least 3 positions, got {_short(value)}"
+        )
+    return [_position(where, p) for p in value]
+
+
+def _check_range(where: str, positions: list[tuple[float, float]], geographic: bool) -> None:
+    if not geographic:
+        return
+    for lon, lat in positions:
+        if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+            raise ValueError(
+                f"{where}: position ({lon}, {lat}) is not a valid (longitude, latitude); "
+                "GeoJSON positions are [longitude, latitude]"
+            )
+
+
+def _check_groups(features: tuple[PromptFeature, ...]) -> None:
+    """Rules that span features: id collisions, one box per group, usable groups."""
+    by_name: dict[str, PromptFeature] = {}
+    box_of: dict[PromptId, int] = {}
+    members: dict[PromptId, list[PromptFeature]] = {}
+    for feature in features:
+        pid = feature.prompt_id
+        first = by_name.setdefault(str(pid), feature)
+        if type(first.prompt_id) is not type(pid):
+            raise ValueError(
+                f"{_where(feature.index, pid)} and {_where(first.index, first.prompt_id)}: "
+                "an int and a str prompt_id with the same text would collide as band names"
+            )
+        if feature.is_box:
+            if pid in box_of:
+                raise ValueError(
+                    f"prompt_id {pid!r}: features {box_of[pid]} and {feature.index} are both "
+                    "boxes (Polygons); a prompt group takes at most one box"
+                )
+            box_of[pid] = feature.index
+        members.setdefault(pid, []).append(feature)
+    for pid, group in members.items():
+        if pid not in box_of and not any(f.label == 1 for f in group):
+            indices = ", ".join(str(f.index) for f in group)
+            raise ValueError(
+                f"prompt_id {pid!r} (features {indices}) has only background points; "
+                "a prompt group needs a foreground point or a box"
+            )
