@@ -1,0 +1,446 @@
+"""Merge per-chip SAM masks into one scene, in ONE frame: scene pixel coordinates.
+
+FarmVibes.AI compares mask boxes translated by the chip's *read* offset with chip
+windows in the *write* frame; the two differ by the ROI's offset in the source
+raster, so masks at seams are lost or duplicated whenever the scene does not start
+at pixel (0, 0). Here every mask is moved to scene pixels once, when it leaves its
+chip (:func:`masks_from_chip`), and never compared in any other frame.
+
+Automatic mode (:func:`merge_automatic`):
+
+1. A mask is *cut* when its box lies within ``edge_tolerance`` px of an *inner*
+   edge of its chip (an edge inside the scene, where a neighbour chip continues).
+   Masks touching the scene border are complete: nothing lies beyond.
+2. A cut mask is dropped when a complete mask from another chip explains it: their
+   IoU inside the cut mask's chip is at least ``seam_iou``. That chip saw the whole
+   object; the cut copy is the same object seen through a smaller window.
+3. Cut masks left over belong to objects no single chip saw whole (larger than the
+   overlap). Fragments from overlapping chips that agree inside their common area
+   (IoU >= ``seam_iou`` there) are stitched into one mask (their union).
+4. Global NMS on *mask* IoU (not box IoU, which merges nested or L-shaped fields):
+   a mask is suppressed when its IoU with a better-ranked kept mask exceeds
+   ``mask_nms_thr``. Ranking (the documented preference rule): higher
+   ``predicted_iou`` first, then higher ``stability_score``, then smaller area
+   (SAM's own crop NMS prefers the finer mask), then lower chip index and position,
+   so the result is deterministic.
+
+Prompted mode (:func:`merge_prompted`): one mask per ``prompt_id``. Where several
+chips segmented the same prompt, each scene pixel is taken from the chip whose centre
+is nearest (Manhattan distance, ties to the lower chip index) among the chips that
+returned a mask for that prompt and contain the pixel. On a full grid this is exactly
+the write-interval partition of :mod:`components.chips`.
+
+Output rasters are rendered per window (:func:`render_labels`,
+:func:`render_prompt_bands`) so a whole tile never needs one array per mask.
+Instance labels: mask ``k`` of the merged list gets id ``k + 1`` (0 = background);
+where masks overlap, the smaller mask wins the pixel, so a field inside a larger
+region stays visible instead of vanishing under it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import shapely
+from numpy.typing import NDArray
+
+from components.chips import Chip, ChipGrid, inner_edges
+
+Box = tuple[int, int, int, int]
+"""Half-open pixel box ``(x0, y0, x1, y1)``: columns ``[x0, x1)``, rows ``[y0, y1)``."""
+
+PromptId = int | str
+
+
+@dataclass(frozen=True, eq=False)
+class SceneMask:
+    """One mask in scene pixel coordinates, stored cropped to its bounding box."""
+
+    box: Box
+    mask: NDArray[np.bool_]
+    """Boolean array of shape ``(y1 - y0, x1 - x0)``."""
+    predicted_iou: float
+    stability_score: float
+    chips: tuple[int, ...]
+    """Chips the mask came from: one, or several for a mask stitched across seams."""
+    prompt_id: PromptId | None = None
+    area: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        x0, y0, x1, y1 = self.box
+        if self.mask.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"mask shape {self.mask.shape} does not match box {self.box}")
+        object.__setattr__(self, "area", int(np.count_nonzero(self.mask)))
+
+    @property
+    def chip_index(self) -> int:
+        """The chip the mask came from (the lowest, for a stitched mask)."""
+        return min(self.chips)
+
+
+def mask_box(mask: NDArray[np.bool_]) -> Box | None:
+    """Tight half-open box of a 2-D mask, ``None`` when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+def masks_from_chip(
+    chip: Chip,
+    masks: NDArray[np.bool_],
+    predicted_iou: Sequence[float] | NDArray[np.floating],
+    stability_score: Sequence[float] | NDArray[np.floating],
+    prompt_ids: Sequence[PromptId | None] | None = None,
+) -> list[SceneMask]:
+    """Move a chip's masks ``(N, size, size)`` into scene coordinates.
+
+    Pixels in the chip's padding (beyond a short scene's end) are discarded, and
+    masks left empty are dropped: an empty chip yields an empty list.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3 or masks.shape[1:] != (chip.size, chip.size):
+        raise ValueError(
+            f"chip {chip.index}: expected masks of shape (N, {chip.size}, {chip.size}), "
+            f"got {masks.shape}"
+        )
+    n = masks.shape[0]
+    if len(predicted_iou) != n or len(stability_score) != n:
+        raise ValueError(f"chip {chip.index}: {n} masks but scores for a different count")
+    if prompt_ids is not None and len(prompt_ids) != n:
+        raise ValueError(f"chip {chip.index}: {n} masks but {len(prompt_ids)} prompt ids")
+    out = []
+    for k in range(n):
+        valid = masks[k, : chip.valid_height, : chip.valid_width]
+        box = mask_box(valid)
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box
+        out.append(
+            SceneMask(
+                box=(x0 + chip.col, y0 + chip.row, x1 + chip.col, y1 + chip.row),
+                mask=np.ascontiguousarray(valid[y0:y1, x0:x1]),
+                predicted_iou=float(predicted_iou[k]),
+                stability_score=float(stability_score[k]),
+                chips=(chip.index,),
+                prompt_id=None if prompt_ids is None else prompt_ids[k],
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Box and mask geometry (pure, small)
+
+
+def intersect_boxes(a: Box, b: Box) -> Box | None:
+    """Intersection of two half-open boxes, ``None`` when they share no pixel."""
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return (x0, y0, x1, y1)
+
+
+def union_box(a: Box, b: Box) -> Box:
+    """Smallest box holding both boxes."""
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
+def crop(m: SceneMask, region: Box) -> NDArray[np.bool_]:
+    """The mask's pixels inside ``region``, as an array the size of ``region``."""
+    out = np.zeros((region[3] - region[1], region[2] - region[0]), dtype=bool)
+    inter = intersect_boxes(m.box, region)
+    if inter is not None:
+        x0, y0, x1, y1 = inter
+        out[y0 - region[1] : y1 - region[1], x0 - region[0] : x1 - region[0]] = m.mask[
+            y0 - m.box[1] : y1 - m.box[1], x0 - m.box[0] : x1 - m.box[0]
+        ]
+    return out
+
+
+def mask_iou(a: SceneMask, b: SceneMask, region: Box | None = None) -> float:
+    """IoU of two masks, optionally counting only pixels inside ``region``."""
+    box_a, box_b = a.box, b.box
+    if region is not None:
+        ra, rb = intersect_boxes(box_a, region), intersect_boxes(box_b, region)
+        if ra is None or rb is None:
+            return 0.0
+        box_a, box_b = ra, rb
+    common = intersect_boxes(box_a, box_b)
+    inter = 0 if common is None else int(np.count_nonzero(crop(a, common) & crop(b, common)))
+    if inter == 0:
+        return 0.0
+    area_a = a.area if box_a == a.box else int(np.count_nonzero(crop(a, box_a)))
+    area_b = b.area if box_b == b.box else int(np.count_nonzero(crop(b, box_b)))
+    return inter / (area_a + area_b - inter)
+
+
+def touches_inner_edge(box: Box, chip: Chip, grid: ChipGrid, tolerance: int) -> bool:
+    """Whether a mask box lies within ``tolerance`` px of an inner edge of its chip."""
+    left, top, right, bottom = inner_edges(chip, grid)
+    vx0, vy0, vx1, vy1 = chip.valid_bounds
+    x0, y0, x1, y1 = box
+    return (
+        (left and x0 < vx0 + tolerance)
+        or (top and y0 < vy0 + tolerance)
+        or (right and x1 > vx1 - tolerance)
+        or (bottom and y1 > vy1 - tolerance)
+    )
+
+
+def overlapping_pairs(boxes: Sequence[Box]) -> NDArray[np.int64]:
+    """Index pairs ``(i, j)``, ``i < j``, of boxes that share at least one pixel."""
+    if len(boxes) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    arr = np.asarray(boxes, dtype=np.float64)
+    # shrink by a hair so boxes that only touch along an edge do not pair up
+    geoms = shapely.box(arr[:, 0] + 0.25, arr[:, 1] + 0.25, arr[:, 2] - 0.25, arr[:, 3] - 0.25)
+    tree = shapely.STRtree(geoms)
+    i, j = tree.query(geoms, predicate="intersects")
+    keep = i < j
+    return np.stack([i[keep], j[keep]], axis=1).astype(np.int64)
+
+
+def rank_order(masks: Sequence[SceneMask]) -> list[int]:
+    """Indices of ``masks`` best first, by the preference rule in the module docstring."""
+    return sorted(
+        range(len(masks)),
+        key=lambda k: (
+            -masks[k].predicted_iou,
+            -masks[k].stability_score,
+            masks[k].area,
+            masks[k].chip_index,
+            masks[k].box[1],
+            masks[k].box[0],
+        ),
+    )
+
+
+def mask_nms(masks: Sequence[SceneMask], iou_threshold: float) -> list[int]:
+    """Greedy NMS on mask IoU; returns kept indices, best first."""
+    order = rank_order(masks)
+    neighbours: dict[int, list[int]] = {}
+    for i, j in overlapping_pairs([m.box for m in masks]).tolist():
+        neighbours.setdefault(i, []).append(j)
+        neighbours.setdefault(j, []).append(i)
+    suppressed = np.zeros(len(masks), dtype=bool)
+    kept = []
+    for k in order:
+        if suppressed[k]:
+            continue
+        kept.append(k)
+        for other in neighbours.get(k, []):
+            if not suppressed[other] and mask_iou(masks[k], masks[other]) > iou_threshold:
+                suppressed[other] = True
+    return kept
+
+
+def stitch(parts: Sequence[SceneMask]) -> SceneMask:
+    """Union of mask fragments of one object; scores are area-weighted means."""
+    box = parts[0].box
+    for p in parts[1:]:
+        box = union_box(box, p.box)
+    out = np.zeros((box[3] - box[1], box[2] - box[0]), dtype=bool)
+    for p in parts:
+        out |= crop(p, box)
+    weights = np.array([p.area for p in parts], dtype=np.float64)
+    chips = tuple(sorted({c for p in parts for c in p.chips}))
+    return SceneMask(
+        box=box,
+        mask=out,
+        predicted_iou=float(np.average([p.predicted_iou for p in parts], weights=weights)),
+        stability_score=float(np.average([p.stability_score for p in parts], weights=weights)),
+        chips=chips,
+        prompt_id=parts[0].prompt_id,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Automatic mode
+
+
+def _validate_threshold(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def merge_automatic(
+    masks: Sequence[SceneMask],
+    grid: ChipGrid,
+    mask_nms_thr: float = 0.5,
+    edge_tolerance: int = 4,
+    seam_iou: float = 0.5,
+) -> list[SceneMask]:
+    """Merge automatic-mode masks from all chips into one list, best first.
+
+    ``edge_tolerance`` defaults to 4 px: SAM upsamples 256 px low-res logits to
+    1024 px, so a mask cut by the chip edge may stop up to 4 px short of it.
+    """
+    _validate_threshold("mask_nms_thr", mask_nms_thr)
+    _validate_threshold("seam_iou", seam_iou)
+    if edge_tolerance < 1:
+        raise ValueError(f"edge_tolerance must be >= 1 px, got {edge_tolerance}")
+    if not masks:
+        return []
+    cut = [touches_inner_edge(m.box, grid[m.chip_index], grid, edge_tolerance) for m in masks]
+    pairs = overlapping_pairs([m.box for m in masks])
+
+    # 2. drop cut masks that a complete mask from another chip explains
+    explained = np.zeros(len(masks), dtype=bool)
+    for i, j in pairs.tolist():
+        for c, w in ((i, j), (j, i)):  # c: cut candidate, w: whole candidate
+            if not cut[c] or cut[w] or explained[c] or masks[c].chips == masks[w].chips:
+                continue
+            region = grid[masks[c].chip_index].valid_bounds
+            if mask_iou(masks[c], masks[w], region) >= seam_iou:
+                explained[c] = True
+
+    # 3. stitch the remaining fragments that agree on the area their chips share
+    parent = list(range(len(masks)))
+
+    def find(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for i, j in pairs.tolist():
+        if not (cut[i] and cut[j]) or explained[i] or explained[j]:
+            continue
+        if masks[i].chips == masks[j].chips:
+            continue
+        common = intersect_boxes(
+            grid[masks[i].chip_index].valid_bounds, grid[masks[j].chip_index].valid_bounds
+        )
+        if common is not None and mask_iou(masks[i], masks[j], common) >= seam_iou:
+            parent[find(i)] = find(j)
+
+    groups: dict[int, list[SceneMask]] = {}
+    for k, m in enumerate(masks):
+        if not explained[k]:
+            groups.setdefault(find(k), []).append(m)
+    candidates = [g[0] if len(g) == 1 else stitch(g) for g in groups.values()]
+
+    # 4. global NMS in the scene frame
+    return [candidates[k] for k in mask_nms(candidates, mask_nms_thr)]
+
+
+# ---------------------------------------------------------------------------
+# Prompted mode
+
+
+def pixel_owner(
+    chips: Sequence[Chip], rows: NDArray[np.int64], cols: NDArray[np.int64]
+) -> NDArray[np.int64]:
+    """Position in ``chips`` of the chip that owns each pixel among those containing it.
+
+    The owner is the chip whose centre is nearest in Manhattan distance, ties going
+    to the lower chip index; on a full grid this equals :meth:`ChipGrid.owner`.
+    Pixels no chip contains get -1.
+    """
+    best = np.full(rows.shape, -1, dtype=np.int64)
+    best_dist = np.full(rows.shape, np.inf)
+    for pos, chip in sorted(enumerate(chips), key=lambda pc: pc[1].index):
+        x0, y0, x1, y1 = chip.valid_bounds
+        cx, cy = chip.center
+        inside = (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1)
+        dist = np.abs(cols + 0.5 - cx) + np.abs(rows + 0.5 - cy)
+        better = inside & (dist < best_dist)  # strict: ties stay with the lower index
+        best[better] = pos
+        best_dist[better] = dist[better]
+    return best
+
+
+def merge_prompted(
+    masks: Sequence[SceneMask], grid: ChipGrid, prompt_order: Sequence[PromptId] | None = None
+) -> list[SceneMask]:
+    """One mask per prompt_id, assembled from the chips that segmented it.
+
+    Returned in ``prompt_order`` (default: first appearance); prompts without a
+    mask are absent from the result (their output band stays empty).
+    """
+    by_prompt: dict[Hashable, list[SceneMask]] = {}
+    for m in masks:
+        if m.prompt_id is None:
+            raise ValueError("merge_prompted needs masks with a prompt_id")
+        by_prompt.setdefault(m.prompt_id, []).append(m)
+    order = list(by_prompt) if prompt_order is None else list(prompt_order)
+    unknown = set(by_prompt) - set(order)
+    if unknown:
+        raise ValueError(f"masks for prompt ids not in prompt_order: {sorted(map(str, unknown))}")
+    out = []
+    for pid in order:
+        parts = by_prompt.get(pid, [])
+        if not parts:
+            continue
+        if len(parts) == 1:
+            out.append(parts[0])
+            continue
+        chips = [grid[p.chip_index] for p in parts]
+        box = parts[0].box
+        for p in parts[1:]:
+            box = union_box(box, p.box)
+        rows, cols = np.mgrid[box[1] : box[3], box[0] : box[2]].astype(np.int64)
+        owner = pixel_owner(chips, rows, cols)
+        assembled = np.zeros(rows.shape, dtype=bool)
+        for pos, p in enumerate(parts):
+            assembled |= crop(p, box) & (owner == pos)
+        tight = mask_box(assembled)
+        if tight is None:
+            continue
+        x0, y0, x1, y1 = tight
+        merged = stitch(parts)
+        out.append(
+            replace(
+                merged,
+                box=(box[0] + x0, box[1] + y0, box[0] + x1, box[1] + y1),
+                mask=assembled[y0:y1, x0:x1],
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Output rasters, per window
+
+Window = tuple[int, int, int, int]
+"""``(row_off, col_off, height, width)`` in scene pixels, like rasterio's Window."""
+
+
+def _window_box(window: Window) -> Box:
+    row, col, height, width = window
+    return (col, row, col + width, row + height)
+
+
+def render_labels(masks: Sequence[SceneMask], window: Window) -> NDArray[np.uint32]:
+    """Instance label raster for one window: id ``k + 1`` for ``masks[k]``, 0 elsewhere.
+
+    Larger masks are painted first, so the smallest mask wins an overlapping pixel.
+    """
+    region = _window_box(window)
+    out = np.zeros((window[2], window[3]), dtype=np.uint32)
+    for k in sorted(range(len(masks)), key=lambda k: (-masks[k].area, k)):
+        inter = intersect_boxes(masks[k].box, region)
+        if inter is None:
+            continue
+        out[crop(masks[k], region)] = k + 1
+    return out
+
+
+def render_prompt_bands(
+    masks: Iterable[SceneMask], prompt_order: Sequence[PromptId], window: Window
+) -> NDArray[np.uint8]:
+    """One uint8 0/1 band per prompt_id (in ``prompt_order``) for one window."""
+    region = _window_box(window)
+    band_of = {pid: b for b, pid in enumerate(prompt_order)}
+    out = np.zeros((len(prompt_order), window[2], window[3]), dtype=np.uint8)
+    for m in masks:
+        if m.prompt_id not in band_of:
+            raise ValueError(f"mask for prompt_id {m.prompt_id!r} not in prompt_order")
+        if intersect_boxes(m.box, region) is not None:
+            out[band_of[m.prompt_id]] |= crop(m, region).astype(np.uint8)
+    return out
