@@ -8,6 +8,7 @@ one line on stderr with exit code 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,12 @@ from components.version import __version__
 
 class UserError(Exception):
     """An error caused by the user's input: shown as one line, exit code 2."""
+
+
+COMMAND_MODULES: tuple[str, ...] = ()
+"""Modules that add subcommands: each has ``register(subparsers) -> None``, which adds
+its parser(s) with ``set_defaults(handler=...)``. Handlers import heavy dependencies
+themselves, so ``s2sam --help`` stays fast."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"s2sam {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
