@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,34 @@ def shared_data() -> Path:
             "next to the repository"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """vit_tiny with seeded random weights, exported through the real export path."""
+    pytest.importorskip("torch", reason="model export needs the [export] extra (torch)")
+    pytest.importorskip("segment_anything", reason="model export needs segment-anything")
+    from model_export.export import run_export
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    run_export("vit_tiny", out, random_weights=True, seed=0)
+    return out
+
+
+@pytest.fixture
+def local_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh embedded MLflow store (sqlite) and model cache, as on a new laptop."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("S2SAM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("S2SAM_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 for the whole session."""
+    pytest.importorskip("mlflow")
+    from tests.fixtures.mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url

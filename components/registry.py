@@ -1,0 +1,478 @@
+"""The MLflow model registry: register exported SAM models, resolve ``model_uri`` to files.
+
+Each exported model is ONE model version of the registered model ``sam-<model_type>``:
+the ONNX graphs and the manifest as run artifacts, with the facts that matter as
+version tags (model type, weights source and checkpoint sha256, sha256 of every file,
+opset, parity figures, package versions). Aliases (``champion`` by default) name the
+version to use; MLflow's deprecated stages are never used.
+
+Every inference step resolves its ``model_uri`` here and records the resolved name
+and version next to its outputs, so each mask traces back to one model version. The
+registry's sha256 tags are the truth: a downloaded (or cached) file that does not
+match them is refused before anything loads it.
+
+Tracking: ``$MLFLOW_TRACKING_URI`` when set (any MLflow server), else an embedded
+``sqlite:///`` store with local artifacts under the user's data directory, so a
+laptop needs no server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from components.version import __version__
+
+DEFAULT_ALIAS = "champion"
+EXPERIMENT = "s2sam-model-export"
+MANIFEST_NAME = "s2sam_model.json"
+MANIFEST_FORMAT = "s2sam-sam-onnx/1"
+ARTIFACT_PATH = "model"
+TAG_KIND = "s2sam.kind"
+KIND = "sam-onnx"
+TAG_SHA = "s2sam.sha256."
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+|latest))$")
+
+
+class ModelResolutionError(ValueError):
+    """A ``model_uri`` that names nothing, or files that fail verification."""
+
+
+def default_model_name(model_type: str) -> str:
+    """Registered model name for a model type: ``sam-<model_type>``."""
+    return f"sam-{model_type}"
+
+
+def default_model_uri(model_type: str) -> str:
+    """What pipelines resolve by default: ``models:/sam-<model_type>@champion``."""
+    return f"models:/{default_model_name(model_type)}@{DEFAULT_ALIAS}"
+
+
+def data_dir() -> Path:
+    """``$S2SAM_HOME``, else ``$XDG_DATA_HOME/s2sam``, else ``~/.local/share/s2sam``."""
+    if env := os.environ.get("S2SAM_HOME"):
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "s2sam"
+
+
+def cache_dir() -> Path:
+    """Where resolved model versions are kept: ``$S2SAM_CACHE_DIR`` or ``~/.cache/s2sam``."""
+    if env := os.environ.get("S2SAM_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "s2sam"
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else the embedded sqlite store in :func:`data_dir`."""
+    if env := os.environ.get("MLFLOW_TRACKING_URI"):
+        return env
+    path = data_dir() / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _is_local(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def client(uri: str | None = None) -> Any:
+    """An ``MlflowClient`` with bounded HTTP timeouts and retries.
+
+    MLflow's defaults retry an unreachable server for minutes; a pipeline step should
+    fail within a minute with the server's address in the message.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+
+    for name in ("mlflow", "alembic"):  # after import: mlflow sets its own levels then
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    uri = uri or tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment_id(mlflow_client: Any, uri: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    location = None
+    if _is_local(uri):  # local store: keep artifacts beside the database, not in the cwd
+        location = (data_dir() / "mlartifacts").resolve().as_uri()
+    return str(mlflow_client.create_experiment(EXPERIMENT, artifact_location=location))
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """The outcome of a registration."""
+
+    name: str
+    version: str
+    alias: str | None
+    """The alias set on this version, if any."""
+    run_id: str
+    note: str | None = None
+    """Why no alias was set, when none was."""
+
+    @property
+    def uri(self) -> str:
+        """``models:/<name>/<version>``: pins this exact version."""
+        return f"models:/{self.name}/{self.version}"
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of an exported model directory (ValueError if it is not one)."""
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise ModelResolutionError(
+            f"{directory} is not an exported s2sam model: no {MANIFEST_NAME}"
+        )
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ModelResolutionError(f"{path}: unknown model format {manifest.get('format')!r}")
+    return manifest
+
+
+def _version_tags(manifest: dict[str, Any]) -> dict[str, str]:
+    weights = manifest["weights"]
+    tags = {
+        TAG_KIND: KIND,
+        "s2sam.format": manifest["format"],
+        "s2sam.model_type": manifest["model_type"],
+        "s2sam.weights": weights["kind"],
+        "s2sam.weights_source": str(weights["source"]),
+        "s2sam.checkpoint_sha256": str(weights.get("sha256") or ""),
+        "s2sam.opset": str(manifest["opset"]),
+        "s2sam.architecture": json.dumps(manifest["architecture"], separators=(",", ":")),
+        "s2sam.graphs": ",".join(f"{k}={v['file']}" for k, v in manifest["graphs"].items()),
+        "s2sam.package_version": __version__,
+        "s2sam.versions": json.dumps(manifest.get("versions", {}), separators=(",", ":")),
+    }
+    for name, info in manifest["files"].items():
+        tags[TAG_SHA + name] = info["sha256"]
+    for report in manifest.get("parity", []):
+        graph = str(report["graph"]).removesuffix(".onnx")
+        for key in (
+            "embedding_max_abs_error",
+            "mask_agreement_min",
+            "iou_prediction_max_abs_error",
+        ):
+            tags[f"s2sam.parity.{graph}.{key}"] = f"{report[key]:.6g}"
+    return tags
+
+
+def register_model(
+    export_dir: Path,
+    model_name: str | None = None,
+    alias: str | None = DEFAULT_ALIAS,
+    *,
+    alias_explicit: bool = False,
+    tracking: str | None = None,
+) -> RegisteredVersion:
+    """Log an exported model as a new version of ``model_name`` and set its alias.
+
+    A model with random weights never takes an alias unless the caller named the
+    alias explicitly (``alias_explicit``): a test model must not become the
+    ``champion`` that production runs resolve by default.
+    """
+    manifest = read_manifest(export_dir)
+    _verify_files(
+        Path(export_dir), {k: v["sha256"] for k, v in manifest["files"].items()}, str(export_dir)
+    )
+    name = model_name or default_model_name(manifest["model_type"])
+    uri = tracking or tracking_uri()
+    mlflow_client = client(uri)
+    experiment_id = _experiment_id(mlflow_client, uri)
+    run = mlflow_client.create_run(
+        experiment_id,
+        run_name=f"export-{manifest['model_type']}",
+        tags={TAG_KIND: KIND, "s2sam.model_type": manifest["model_type"]},
+    )
+    run_id = run.info.run_id
+    try:
+        arch = manifest["architecture"]
+        for key in ("encoder_embed_dim", "encoder_depth", "prompt_embed_dim", "image_size"):
+            mlflow_client.log_param(run_id, key, arch[key])
+        mlflow_client.log_param(run_id, "weights", manifest["weights"]["kind"])
+        for report in manifest.get("parity", []):
+            graph = str(report["graph"]).removesuffix(".onnx")
+            mlflow_client.log_metric(
+                run_id, f"parity_{graph}_mask_agreement_min", report["mask_agreement_min"]
+            )
+            mlflow_client.log_metric(
+                run_id, f"parity_{graph}_embedding_max_abs_error", report["embedding_max_abs_error"]
+            )
+        mlflow_client.log_artifacts(run_id, str(export_dir), artifact_path=ARTIFACT_PATH)
+        mlflow_client.set_terminated(run_id)
+    except BaseException:
+        mlflow_client.set_terminated(run_id, status="FAILED")
+        raise
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        mlflow_client.create_registered_model(
+            name,
+            tags={TAG_KIND: KIND, "s2sam.model_type": manifest["model_type"]},
+            description=f"SAM {manifest['model_type']} as ONNX encoder/decoder (s2-sam-pipelines)",
+        )
+    weights = manifest["weights"]
+    version = mlflow_client.create_model_version(
+        name,
+        source=f"{run.info.artifact_uri}/{ARTIFACT_PATH}",
+        run_id=run_id,
+        tags=_version_tags(manifest),
+        description=(
+            f"{manifest['model_type']} weights={weights['kind']} ({weights['source']}), "
+            f"exported {manifest.get('exported_at', '')} by s2-sam-pipelines {__version__}"
+        ),
+    )
+    note = None
+    set_alias = alias
+    if alias and weights["kind"] == "random" and not alias_explicit:
+        set_alias = None
+        note = (
+            f"random weights: alias {alias!r} not set (name an alias explicitly to point one "
+            "at a random-weights version)"
+        )
+    if set_alias:
+        mlflow_client.set_registered_model_alias(name, set_alias, version.version)
+    return RegisteredVersion(name, str(version.version), set_alias, run_id, note)
+
+
+# ---------------------------------------------------------------------------
+# Resolution
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A verified local copy of one model version."""
+
+    name: str
+    """Registered model name, or ``"local"`` for a directory."""
+    version: str | None
+    uri: str
+    """What was asked for (``models:/...@alias``, ``models:/.../3`` or a path)."""
+    directory: Path
+    manifest: dict[str, Any]
+
+    def graph(self, key: str) -> Path | None:
+        """Path of a graph by manifest key (``encoder``, ``decoder``, ...), if present."""
+        info = self.manifest["graphs"].get(key)
+        return None if info is None else self.directory / info["file"]
+
+    @property
+    def encoder(self) -> Path:
+        """The fp32 encoder graph."""
+        path = self.graph("encoder")
+        assert path is not None
+        return path
+
+    @property
+    def decoder(self) -> Path:
+        """The decoder graph with chip-resolution logits."""
+        path = self.graph("decoder")
+        assert path is not None
+        return path
+
+    @property
+    def decoder_lowres(self) -> Path:
+        """The decoder graph that stops at low-resolution logits."""
+        path = self.graph("decoder_lowres")
+        assert path is not None
+        return path
+
+    @property
+    def model_type(self) -> str:
+        """Architecture name, e.g. ``vit_b``."""
+        return str(self.manifest["model_type"])
+
+    @property
+    def lineage(self) -> dict[str, Any]:
+        """What every output records about the model that made it."""
+        return {
+            "model_name": self.name,
+            "model_version": self.version,
+            "model_uri": self.uri,
+            "model_type": self.model_type,
+            "weights": self.manifest["weights"]["kind"],
+            "encoder_sha256": self.manifest["files"][self.encoder.name]["sha256"],
+        }
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (model files are GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_files(directory: Path, expected: dict[str, str], what: str) -> None:
+    """Check every expected file's sha256; the first mismatch or absence is an error."""
+    for name, sha in sorted(expected.items()):
+        path = directory / name
+        if not path.is_file():
+            raise ModelResolutionError(f"{what}: file {name} is missing")
+        actual = file_sha256(path)
+        if actual != sha:
+            raise ModelResolutionError(
+                f"{what}: file {name} has sha256 {actual}, but the registry says {sha}; "
+                "refusing to use it (the stored model was modified or corrupted)"
+            )
+
+
+def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` or ``models:/name/<version|latest>`` -> (name, alias, version)."""
+    match = _MODEL_URI.match(model_uri.strip())
+    if not match:
+        raise ModelResolutionError(
+            f"model_uri {model_uri!r} is not models:/<name>@<alias>, models:/<name>/<version> "
+            "or an existing directory"
+        )
+    return match["name"], match["alias"], match["version"]
+
+
+def _get_version(mlflow_client: Any, name: str, alias: str | None, version: str | None) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow_client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in mlflow_client.search_registered_models())
+        raise ModelResolutionError(
+            f"no registered model {name!r} in {mlflow_client.tracking_uri} (registered: "
+            f"{known or 'none'}); export one with `s2sam export-model`"
+        ) from None
+    if alias is not None:
+        aliases = dict(model.aliases or {})
+        if alias not in aliases:
+            raise ModelResolutionError(
+                f"registered model {name!r} has no alias {alias!r} (aliases: {aliases or 'none'})"
+            )
+        return mlflow_client.get_model_version(name, aliases[alias])
+    if version == "latest":
+        versions = mlflow_client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise ModelResolutionError(f"registered model {name!r} has no versions")
+        return max(versions, key=lambda v: int(v.version))
+    try:
+        return mlflow_client.get_model_version(name, version)
+    except MlflowException:
+        raise ModelResolutionError(f"registered model {name!r} has no version {version}") from None
+
+
+def resolve_model(
+    model_uri: str, *, cache: Path | None = None, tracking: str | None = None
+) -> ResolvedModel:
+    """Resolve a model URI (or a local export directory) to verified local files.
+
+    A registry version is downloaded once into the cache and re-verified against the
+    registry's sha256 tags on every call; a copy that fails is deleted and nothing is
+    returned, so a tampered model can never be loaded.
+    """
+    local = Path(model_uri).expanduser()
+    if "://" not in model_uri and local.is_dir():
+        manifest = read_manifest(local)
+        expected = {k: v["sha256"] for k, v in manifest["files"].items()}
+        _verify_files(local, expected, f"model directory {local}")
+        return ResolvedModel("local", None, str(local.resolve()), local.resolve(), manifest)
+    name, alias, version = parse_model_uri(model_uri)
+    uri = tracking or tracking_uri()
+    mlflow_client = client(uri)
+    mv = _get_version(mlflow_client, name, alias, version)
+    tags = dict(mv.tags or {})
+    if tags.get(TAG_KIND) != KIND:
+        raise ModelResolutionError(
+            f"{model_uri} resolves to {name} version {mv.version}, which is not an s2sam SAM model"
+        )
+    expected = {k.removeprefix(TAG_SHA): v for k, v in tags.items() if k.startswith(TAG_SHA)}
+    what = f"model {name} version {mv.version} ({model_uri})"
+    target = (cache or cache_dir()) / "models" / name / str(mv.version)
+    if target.exists():
+        try:
+            _verify_files(target, expected, what)
+        except ModelResolutionError:
+            shutil.rmtree(target)  # a damaged cache copy: fetch it again
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=target.parent))
+        try:
+            from mlflow.artifacts import download_artifacts
+
+            try:
+                fetched = Path(
+                    download_artifacts(
+                        artifact_uri=mv.source, dst_path=str(staging), tracking_uri=uri
+                    )
+                )
+            except Exception as err:  # mlflow raises per store type; say what and where
+                raise ModelResolutionError(
+                    f"{what}: could not download its files from {mv.source}: {err}"
+                ) from err
+            _verify_files(fetched, expected, what)
+            os.replace(fetched, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    manifest = read_manifest(target)
+    if {k: v["sha256"] for k, v in manifest["files"].items()} != expected:
+        raise ModelResolutionError(
+            f"{what}: its manifest does not match the registry's sha256 tags"
+        )
+    return ResolvedModel(name, str(mv.version), model_uri, target, manifest)
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """One line of ``s2sam models list``."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    model_type: str
+    weights: str
+    weights_source: str
+    created: str
+
+
+def list_models(tracking: str | None = None) -> list[ModelVersionInfo]:
+    """Every version of every s2sam SAM model in the registry, newest first per model."""
+    mlflow_client = client(tracking or tracking_uri())
+    out = []
+    for model in mlflow_client.search_registered_models(max_results=1000):
+        if (model.tags or {}).get(TAG_KIND) != KIND:
+            continue
+        aliases_of: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases_of.setdefault(str(version), []).append(alias)
+        versions = mlflow_client.search_model_versions(f"name='{model.name}'")
+        for mv in sorted(versions, key=lambda v: -int(v.version)):
+            tags = dict(mv.tags or {})
+            created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc)
+            out.append(
+                ModelVersionInfo(
+                    name=model.name,
+                    version=str(mv.version),
+                    aliases=tuple(sorted(aliases_of.get(str(mv.version), []))),
+                    model_type=tags.get("s2sam.model_type", "?"),
+                    weights=tags.get("s2sam.weights", "?"),
+                    weights_source=tags.get("s2sam.weights_source", "?"),
+                    created=created.isoformat(timespec="seconds"),
+                )
+            )
+    return out
