@@ -1,0 +1,247 @@
+"""Where a model's weights come from: the official checkpoint, a local file, or a seed.
+
+Every source ends in a :class:`WeightsInfo` that the registry records, so each
+registered version (and each mask made with it) can be traced to exact bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from components.registry import file_sha256
+from model_export.architectures import SamArchitecture, build_sam
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
+
+
+@dataclass(frozen=True)
+class OfficialCheckpoint:
+    """A checkpoint published with segment-anything, and its known digest."""
+
+    url: str
+    sha256: str
+    size: int
+
+
+OFFICIAL_CHECKPOINTS: dict[str, OfficialCheckpoint] = {
+    "vit_b": OfficialCheckpoint(
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        375_042_383,
+    ),
+    "vit_l": OfficialCheckpoint(
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        1_249_524_607,
+    ),
+    "vit_h": OfficialCheckpoint(
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        2_564_550_879,
+    ),
+}
+
+WeightsKind = Literal["official", "checkpoint", "random"]
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What the registry records about a model's weights."""
+
+    kind: WeightsKind
+    source: str
+    """URL, local path, or ``seed=N``."""
+    sha256: str | None
+    """Digest of the checkpoint file; ``None`` for random weights."""
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return asdict(self)
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be fetched, read, verified or loaded."""
+
+
+def default_cache_dir() -> Path:
+    """``$S2SAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/s2sam``, else ``~/.cache/s2sam``."""
+    if env := os.environ.get("S2SAM_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "s2sam"
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def _stderr_progress(done: int, total: int) -> None:
+    pct = 100.0 * done / total if total else 0.0
+    end = "\n" if done >= total else ""
+    print(
+        f"\rdownloading checkpoint: {done >> 20} / {total >> 20} MiB ({pct:.0f}%)",
+        end=end,
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def download_checkpoint(
+    official: OfficialCheckpoint,
+    cache_dir: Path,
+    *,
+    timeout: float = 30.0,
+    retries: int = 5,
+    progress: ProgressFn | None = _stderr_progress,
+) -> Path:
+    """Fetch an official checkpoint into the cache, resuming partial downloads.
+
+    The file is verified against its known sha256 before it is moved into place;
+    a cached file is trusted only after the same check. A mismatch deletes the
+    partial file so the next attempt starts clean.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    name = official.url.rsplit("/", 1)[-1]
+    final = cache_dir / name
+    if final.exists():
+        if file_sha256(final) == official.sha256:
+            return final
+        final.unlink()
+    part = cache_dir / f"{name}.part"
+    last_error: Exception | None = None
+    for attempt in range(retries):
+        done = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(official.url)
+        if done:
+            request.add_header("Range", f"bytes={done}-")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                if done and response.status != 206:  # server ignored the range: start over
+                    done = 0
+                mode = "ab" if done else "wb"
+                with open(part, mode) as out:
+                    while block := response.read(1 << 20):
+                        out.write(block)
+                        done += len(block)
+                        if progress:
+                            progress(done, official.size)
+            break
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+            last_error = err
+            time.sleep(min(2**attempt, 30))
+    else:
+        raise WeightsError(
+            f"could not download {official.url} after {retries} attempts: {last_error}"
+        )
+    digest = file_sha256(part)
+    if digest != official.sha256:
+        part.unlink()
+        raise WeightsError(
+            f"downloaded {official.url} has sha256 {digest}, expected {official.sha256}; "
+            "the partial file was removed, try again"
+        )
+    part.replace(final)
+    return final
+
+
+def load_checkpoint(path: Path, arch: SamArchitecture) -> Sam:
+    """Build ``arch`` and load a checkpoint file into it (tensors only, never pickled code)."""
+    import torch
+
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt or foreign file
+        raise WeightsError(
+            f"checkpoint {path} is not a readable PyTorch checkpoint: {err}"
+        ) from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    sam = build_sam(arch)
+    expected = sam.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(
+        k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or wrong:
+        details = []
+        if wrong:
+            k = wrong[0]
+            details.append(
+                f"{len(wrong)} tensors have other shapes (e.g. {k}: checkpoint "
+                f"{tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+            )
+        if missing:
+            details.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        raise WeightsError(
+            f"checkpoint {path} does not fit model type {arch.name!r}: " + "; ".join(details)
+        )
+    sam.load_state_dict(state)
+    sam.eval()
+    return sam
+
+
+def random_sam(arch: SamArchitecture, seed: int) -> Sam:
+    """``arch`` with seeded random weights: the real compute, for tests and benchmarks.
+
+    Initialisation runs on a private generator state, so a seed gives the same
+    weights whatever the caller did to torch's global RNG before.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = build_sam(arch)
+        # segment_anything leaves some embeddings at their init; perturb everything a
+        # little so no parameter is a constant and every code path is exercised.
+        with torch.no_grad():
+            for p in sam.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+    sam.eval()
+    return sam
+
+
+def resolve_weights(
+    arch: SamArchitecture,
+    *,
+    checkpoint: Path | None = None,
+    random_weights: bool = False,
+    seed: int | None = None,
+    cache_dir: Path | None = None,
+) -> tuple[Sam, WeightsInfo]:
+    """Load the model from exactly one weights source and describe that source."""
+    if random_weights:
+        if checkpoint is not None:
+            raise WeightsError("give either a checkpoint or --random-weights, not both")
+        if seed is None:
+            raise WeightsError("--random-weights needs --seed N so the weights are reproducible")
+        return random_sam(arch, seed), WeightsInfo("random", f"seed={seed}", None, seed)
+    if seed is not None:
+        raise WeightsError("--seed only applies with --random-weights")
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser().resolve()
+        sam = load_checkpoint(path, arch)
+        return sam, WeightsInfo("checkpoint", str(path), file_sha256(path))
+    official = OFFICIAL_CHECKPOINTS.get(arch.name)
+    if official is None:
+        raise WeightsError(
+            f"model type {arch.name!r} has no published checkpoint: give --checkpoint PATH "
+            "or --random-weights --seed N"
+        )
+    path = download_checkpoint(official, (cache_dir or default_cache_dir()) / "checkpoints")
+    return load_checkpoint(path, arch), WeightsInfo("official", official.url, official.sha256)
