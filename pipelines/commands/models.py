@@ -1,0 +1,120 @@
+"""``s2sam export-model`` and ``s2sam models list``: the ML engineer's side of the registry."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pipelines.cli import UserError
+
+MODEL_TYPES_HELP = "vit_b, vit_l, vit_h (published SAM models) or vit_tiny (tests)"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``export-model`` and ``models`` to the CLI."""
+    export = subparsers.add_parser(
+        "export-model",
+        help="export a SAM checkpoint to ONNX, check parity and register it in MLflow",
+        description=(
+            "Export SAM's image encoder and mask decoder to ONNX, check them against the "
+            "PyTorch reference, and register both as a new version of the MLflow model "
+            "'sam-<model-type>'. Tracking: $MLFLOW_TRACKING_URI, else a local sqlite store."
+        ),
+    )
+    export.add_argument("--model-type", required=True, help=MODEL_TYPES_HELP)
+    source = export.add_mutually_exclusive_group()
+    source.add_argument(
+        "--checkpoint", type=Path, help="local checkpoint file (default: the official download)"
+    )
+    source.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="seeded random weights (tests and benchmarks only; needs --seed)",
+    )
+    export.add_argument("--seed", type=int, help="seed for --random-weights")
+    export.add_argument("--fp16", action="store_true", help="also export an fp16 encoder (GPUs)")
+    export.add_argument(
+        "--alias",
+        help="alias to point at the new version (default: champion; random weights get an "
+        "alias only when it is named here)",
+    )
+    export.add_argument("--model-name", help="registered model name (default: sam-<model-type>)")
+    export.add_argument("--output-dir", type=Path, help="also keep the exported files here")
+    export.add_argument(
+        "--external-data",
+        action="store_true",
+        help="store weights as ONNX external data even under 2 GB (vit_h always does)",
+    )
+    export.set_defaults(handler=_export)
+
+    models = subparsers.add_parser("models", help="registered SAM models")
+    models_sub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    listing = models_sub.add_parser("list", help="list registered SAM models and versions")
+    listing.set_defaults(handler=_list)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from model_export.architectures import get_architecture
+    from model_export.export import ExportError
+    from model_export.register import export_and_register
+    from model_export.weights import WeightsError
+
+    get_architecture(args.model_type)  # unknown type: clear error before any work
+    if args.seed is not None and not args.random_weights:
+        raise UserError("--seed only applies with --random-weights")
+    if args.random_weights and args.seed is None:
+        raise UserError("--random-weights needs --seed N so the weights are reproducible")
+    try:
+        exported, registered = export_and_register(
+            args.model_type,
+            checkpoint=args.checkpoint,
+            random_weights=args.random_weights,
+            seed=args.seed,
+            fp16=args.fp16,
+            alias=args.alias,
+            model_name=args.model_name,
+            output_dir=args.output_dir,
+            force_external_data=args.external_data,
+        )
+    except (WeightsError, ExportError) as err:
+        raise UserError(str(err)) from err
+    print(f"registered {registered.name} version {registered.version}")
+    if registered.alias:
+        print(f"alias {registered.alias} -> version {registered.version}")
+    if registered.note:
+        print(registered.note)
+    print(f"model_uri: {registered.uri}")
+    parity = exported.manifest["parity"][0]
+    print(
+        f"parity ({parity['provider']}): embedding max abs error "
+        f"{parity['embedding_max_abs_error']:.2e}, min mask agreement "
+        f"{parity['mask_agreement_min']:.4f}"
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from components.registry import list_models, tracking_uri
+
+    rows = list_models()
+    if not rows:
+        print(f"no SAM models registered in {tracking_uri()}")
+        return 0
+    header = ("NAME", "VERSION", "ALIASES", "TYPE", "WEIGHTS", "SOURCE", "CREATED")
+    table = [header] + [
+        (
+            r.name,
+            r.version,
+            ",".join(r.aliases) or "-",
+            r.model_type,
+            r.weights,
+            r.weights_source,
+            r.created,
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return 0

@@ -1,0 +1,97 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="model export needs the [export] extra")
+pytest.importorskip("mlflow")
+
+S2SAM = Path(sys.executable).parent / "s2sam"
+
+
+def run(*args, env):
+    return subprocess.run([S2SAM, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture
+def fresh_env(tmp_path):
+    """A laptop with nothing: no MLflow server, no registry, no cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "S2SAM_"))}
+    env.update(HOME=str(tmp_path), XDG_DATA_HOME="", XDG_CACHE_HOME="")
+    return env
+
+
+def test_export_then_list_on_a_fresh_install(fresh_env, tmp_path):
+    out = run(
+        "export-model",
+        "--model-type",
+        "vit_tiny",
+        "--random-weights",
+        "--seed",
+        "0",
+        "--model-name",
+        "sam-vit_tiny-test",
+        env=fresh_env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "registered sam-vit_tiny-test version 1" in out.stdout
+    assert "alias 'champion' not set" in out.stdout  # random weights never become champion
+    assert "[torch.onnx]" not in out.stdout
+    assert (tmp_path / ".local" / "share" / "s2sam" / "mlflow.db").is_file()
+
+    out = run(
+        "export-model",
+        "--model-type",
+        "vit_tiny",
+        "--random-weights",
+        "--seed",
+        "1",
+        "--model-name",
+        "sam-vit_tiny-test",
+        "--alias",
+        "candidate",
+        env=fresh_env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "alias candidate -> version 2" in out.stdout
+
+    out = run("models", "list", env=fresh_env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].split()[:6] == ["NAME", "VERSION", "ALIASES", "TYPE", "WEIGHTS", "SOURCE"]
+    assert lines[1].split()[:6] == [
+        "sam-vit_tiny-test",
+        "2",
+        "candidate",
+        "vit_tiny",
+        "random",
+        "seed=1",
+    ]
+    assert lines[2].split()[:6] == ["sam-vit_tiny-test", "1", "-", "vit_tiny", "random", "seed=0"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--model-type", "vit_x", "--random-weights", "--seed", "0"],
+            "unknown model type 'vit_x'",
+        ),
+        (["--model-type", "vit_tiny", "--checkpoint", "/nope.pth"], "/nope.pth does not exist"),
+        (["--model-type", "vit_tiny", "--random-weights"], "needs --seed"),
+        (["--model-type", "vit_tiny", "--seed", "1"], "--seed only applies"),
+        (["--model-type", "vit_tiny"], "no published checkpoint"),
+    ],
+)
+def test_bad_input_is_one_clear_line(fresh_env, args, message):
+    out = run("export-model", *args, env=fresh_env)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_empty_registry_listing(fresh_env):
+    out = run("models", "list", env=fresh_env)
+    assert out.returncode == 0 and "no SAM models registered" in out.stdout
