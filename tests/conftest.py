@@ -27,3 +27,7 @@ def shared_data() -> Path:
             "next to the repository"
         )
     return path
+
+
+# The loopback STAC API and COG host (session fixtures, started on first use).
+pytest_plugins = ["tests.fixtures.stac"]
