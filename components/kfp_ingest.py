@@ -48,7 +48,9 @@ def ingest_s2(
         start_date: First day searched (``YYYY-MM-DD``), with ``end_date``.
         end_date: Last day searched, included.
         lookback_days: Instead of dates: days before ``reference_time``.
-        reference_time: End of the lookback (default: when the step runs).
+        reference_time: End of the lookback (default: when the step runs); a
+            recurring run passes ``dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER`` so
+            a re-run covers the same days.
         bands: 10/20 m bands in output order, comma-separated.
         max_cloud_cover: Tile-level ``eo:cloud_cover`` limit in %.
         max_roi_cloud_fraction: Largest cloud/shadow share over the area.

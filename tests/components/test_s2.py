@@ -188,6 +188,15 @@ def test_20m_bands_are_resampled_to_10m(stac, tmp_path):
     np.testing.assert_array_equal(data[1], b11[np.ix_(rows, cols)])
 
 
+def test_progress_is_reported_per_stage(stac, tmp_path):
+    calls = []
+    ingest(stac, tmp_path, roi("edge"), progress=lambda *call: calls.append(call), **MAY)
+    clouds = [c for c in calls if c[0] == "clouds"]
+    reads = [c for c in calls if c[0] == "read"]
+    assert clouds[-1] == ("clouds", 5, 5) and [c[1] for c in clouds] == [1, 2, 3, 4, 5]
+    assert reads[-1] == ("read", 3, 3)  # one scene, 3 bands, one strip each
+
+
 def test_margin_widens_the_window(stac, tmp_path):
     result = ingest(stac, tmp_path, roi("single"), margin_m=100, **D1)
     assert result.grid.shape == (120, 120)
