@@ -102,6 +102,9 @@ MANIFEST_VERSION = 1
 MAX_ITEMS = 5000
 """More items than this means the dates or area are far too wide for one ingest."""
 
+SAS_TIMEOUT_S = 10.0
+"""Longest wait for the SAS token endpoint: it answers in milliseconds when it is up."""
+
 OUTPUT_RESOLUTION = 10.0
 SCL_RESOLUTION = 20.0
 STRIP_ROWS = 1024
@@ -641,8 +644,9 @@ def fetch_sas_token(
     """Put a fresh SAS token for a container in ``planetary_computer``'s token cache.
 
     Same endpoint and cache key as ``planetary_computer.sas.get_token`` (so
-    ``$PC_SDK_SAS_URL`` redirects it), with a timeout and bounded retries; the key,
-    if any, goes in the ``Ocp-Apim-Subscription-Key`` header only.
+    ``$PC_SDK_SAS_URL`` redirects it), with a short timeout (at most
+    :data:`SAS_TIMEOUT_S`) and bounded retries; the key, if any, goes in the
+    ``Ocp-Apim-Subscription-Key`` header only.
     """
     sas = planetary_computer.sas
     url = f"{planetary_computer.settings.Settings.get().sas_url}/{account}/{container}"
@@ -651,10 +655,10 @@ def fetch_sas_token(
         return
     headers = {"Ocp-Apim-Subscription-Key": pc_key} if pc_key else {}
 
+    timeout = min(network.timeout_s, SAS_TIMEOUT_S)
+
     def fetch() -> Any:
-        response = requests.get(
-            url, headers=headers, timeout=(network.timeout_s, network.timeout_s)
-        )
+        response = requests.get(url, headers=headers, timeout=(timeout, timeout))
         response.raise_for_status()
         return response.json()
 

@@ -22,10 +22,13 @@ from components.s2 import (
     MANIFEST_NAME,
     NetworkOptions,
     ServiceError,
+    blob_containers,
     ingest_params,
     ingest_s2,
+    redact,
+    tile_item,
 )
-from components.scenes import NoSceneError, TooCloudyError
+from components.scenes import NoSceneError, TooCloudyError, cover_area, group_acquisitions
 from tests.fixtures.s2_world import (
     ACQUISITIONS,
     BLOB_COLLECTION,
@@ -77,6 +80,39 @@ def item_id(stac, tile: str, day: str) -> str:
 
 def leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir()) if out.exists() else []
+
+
+# --- real Planetary Computer items (no server) ------------------------------------
+
+
+def test_real_planetary_computer_items_are_understood(shared_data):
+    import pystac
+    import shapely
+
+    doc = json.loads((shared_data / "stac" / "pc_sentinel-2-l2a_items.json").read_text())
+    items = [pystac.Item.from_dict(f) for f in doc["features"]]
+    tiles = [tile_item(i) for i in items]
+    assert len(tiles) == 33
+    first = tiles[0]
+    assert (first.mgrs_tile, first.epsg, first.processing_baseline) == ("60VUK", 32660, "02.12")
+    assert (first.platform, first.relative_orbit) == ("Sentinel-2A", 116)
+    assert {"B04", "B03", "B02", "B8A", "SCL"} <= set(first.assets)
+    (acquisition,) = group_acquisitions(tiles)  # one datatake over three UTM zones
+    assert acquisition.key == "S2A_20190101_R116" and len(acquisition.tiles) == 33
+    # on the real footprints: an area touching four tiles of zone 59 needs only two
+    area = shapely.box(170.9, 57.7, 171.2, 58.2)
+    assert sum(t.footprint.intersects(area) for t in acquisition.tiles) == 4
+    cover = cover_area(acquisition.tiles, area, prefer_epsg=32659)
+    assert sorted(t.mgrs_tile for t in cover.tiles) == ["59VME", "59VNE"]
+    assert cover.coverage == pytest.approx(1.0)
+    assert blob_containers(doc) == {("sentinel2l2a01", "sentinel2-l2")}
+
+
+def test_redaction_hides_tokens_and_secrets():
+    text = "GET https://a.blob.core.windows.net/c/x.tif?st=1&sig=abc failed for key k3y"
+    assert redact(text, "k3y") == (
+        "GET https://a.blob.core.windows.net/c/x.tif?<redacted> failed for key <redacted>"
+    )
 
 
 # --- pixels -------------------------------------------------------------------------
