@@ -85,8 +85,9 @@ from components.scenes import (
     rebase_dn,
     rejection,
     resolve_time_range,
-    scl_stats,
+    scl_counts,
     select_scenes,
+    sky_from_counts,
 )
 from components.version import __version__
 
@@ -485,9 +486,7 @@ def screen_acquisitions(
         cover = cover_area(acquisition.tiles, params.area.geometry, prefer_epsg=epsg)
         if cover.tiles:
             check_assets(cover.tiles, (SCL_ASSET,))
-            with MosaicReader(cover.tiles, SCL_ASSET, grid20, params, Resampling.nearest) as m:
-                scl = m.read_all()
-            sky = scl_stats(scl, inside)
+            sky = sky_over_area(cover.tiles, grid20, inside, params)
         else:
             sky = SkyStats(cloud_fraction=1.0, nodata_fraction=1.0, pixels=int(inside.sum()))
         candidates.append(Candidate(acquisition, cover, sky))
@@ -497,6 +496,19 @@ def screen_acquisitions(
         if params.strategy == "latest" and passing >= params.max_scenes:
             break
     return sorted(candidates, key=lambda c: c.acquisition.datetime)
+
+
+def sky_over_area(
+    tiles: Sequence[TileItem], grid: Grid, inside: NDArray[np.bool_], params: IngestParams
+) -> SkyStats:
+    """SCL statistics over the area, counted strip by strip (memory stays flat)."""
+    totals = [0, 0, 0]
+    with MosaicReader(tiles, SCL_ASSET, grid, params, Resampling.nearest) as mosaic:
+        for row in range(0, grid.height, STRIP_ROWS):
+            height = min(STRIP_ROWS, grid.height - row)
+            counts = scl_counts(mosaic.read(row, height), inside[row : row + height])
+            totals = [a + b for a, b in zip(totals, counts, strict=True)]
+    return sky_from_counts(*totals)
 
 
 def check_assets(tiles: Sequence[TileItem], keys: Sequence[str]) -> None:
@@ -878,14 +890,6 @@ class MosaicReader:
         assert out is not None
         return out
 
-    def read_all(self) -> NDArray[Any]:
-        """The whole grid (for small grids: the SCL over the area)."""
-        strips = [
-            self.read(row, min(STRIP_ROWS, self.grid.height - row))
-            for row in range(0, self.grid.height, STRIP_ROWS)
-        ]
-        return np.concatenate(strips, axis=0)
-
 
 # --- writing ---------------------------------------------------------------------------
 
@@ -909,9 +913,10 @@ def write_scene(
 ) -> SceneRecord:
     """Read one acquisition's bands onto ``grid`` and write them as a COG at ``path``.
 
-    Bands are read strip by strip into a tiled temporary GeoTIFF (memory stays at a
-    few strips whatever the area), converted to a COG beside it and renamed into
-    place; on any failure both temporary files are removed and ``path`` is untouched.
+    Bands are read strip by strip into a tiled, pixel-interleaved temporary GeoTIFF
+    (memory stays at one strip of every band whatever the area), converted to a COG
+    beside it and renamed into place; on any failure both temporary files are removed
+    and ``path`` is untouched.
     """
     tiles = candidate.cover.tiles
     check_assets(tiles, params.bands)
@@ -956,19 +961,27 @@ def write_scene(
         "compress": "ZSTD",
         "zstd_level": 1,
         "predictor": 2,
-        "interleave": "band",
+        "interleave": "pixel",
         "bigtiff": "IF_SAFER",
     }
     try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(part, "w", **profile) as dst:
+        resampling = Resampling[params.resampling]
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+            dst = stack.enter_context(rasterio.open(part, "w", **profile))
+            mosaics = [
+                stack.enter_context(MosaicReader(tiles, band, grid, params, resampling, shifts))
+                for band in params.bands
+            ]
+            # All bands of a strip at once: each pixel-interleaved block is written once.
+            for row in range(0, grid.height, STRIP_ROWS):
+                height = min(STRIP_ROWS, grid.height - row)
+                strip = np.empty((len(params.bands), height, grid.width), dtype=np.uint16)
+                for k, mosaic in enumerate(mosaics):
+                    strip[k] = mosaic.read(row, height)
+                    step()
+                dst.write(strip, window=Window(0, row, grid.width, height))
             for index, band in enumerate(params.bands, start=1):
-                resampling = Resampling[params.resampling]
-                with MosaicReader(tiles, band, grid, params, resampling, shifts) as mosaic:
-                    for row in range(0, grid.height, STRIP_ROWS):
-                        height = min(STRIP_ROWS, grid.height - row)
-                        data = mosaic.read(row, height).astype(np.uint16, copy=False)
-                        dst.write(data, index, window=Window(0, row, grid.width, height))
-                        step()
                 dst.set_band_description(index, band)
                 dst.update_tags(index, band=band, native_resolution_m=str(BAND_RESOLUTION[band]))
             dst.update_tags(**tags)

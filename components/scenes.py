@@ -360,26 +360,43 @@ class SkyStats:
     """Area pixels counted (at the SCL's 20 m)."""
 
 
+def scl_counts(scl: NDArray[np.integer], inside: NDArray[np.bool_]) -> tuple[int, int, int]:
+    """``(pixels, nodata, cloudy)`` where ``inside`` is true: sums over strips add up.
+
+    Raises:
+        ValueError: The shapes differ.
+    """
+    if scl.shape != inside.shape:
+        raise ValueError(f"SCL shape {scl.shape} differs from the area mask {inside.shape}")
+    values = scl[inside]
+    nodata = int(np.count_nonzero(values == SCL_NODATA))
+    cloudy = int(np.count_nonzero(np.isin(values, SCL_CLOUD_CLASSES)))
+    return (int(values.size), nodata, cloudy)
+
+
+def sky_from_counts(pixels: int, nodata: int, cloudy: int) -> SkyStats:
+    """Cloud and nodata shares from :func:`scl_counts` (summed over strips).
+
+    Raises:
+        ValueError: No pixel counted.
+    """
+    if pixels <= 0:
+        raise ValueError("the area mask selects no SCL pixel")
+    valid = pixels - nodata
+    return SkyStats(
+        cloud_fraction=cloudy / valid if valid else 1.0,
+        nodata_fraction=nodata / pixels,
+        pixels=pixels,
+    )
+
+
 def scl_stats(scl: NDArray[np.integer], inside: NDArray[np.bool_]) -> SkyStats:
     """Cloud and nodata shares of the pixels where ``inside`` is true.
 
     Raises:
         ValueError: Shapes differ, or ``inside`` selects no pixel.
     """
-    if scl.shape != inside.shape:
-        raise ValueError(f"SCL shape {scl.shape} differs from the area mask {inside.shape}")
-    values = scl[inside]
-    n = int(values.size)
-    if n == 0:
-        raise ValueError("the area mask selects no SCL pixel")
-    nodata = int(np.count_nonzero(values == SCL_NODATA))
-    cloudy = int(np.count_nonzero(np.isin(values, SCL_CLOUD_CLASSES)))
-    valid = n - nodata
-    return SkyStats(
-        cloud_fraction=cloudy / valid if valid else 1.0,
-        nodata_fraction=nodata / n,
-        pixels=n,
-    )
+    return sky_from_counts(*scl_counts(scl, inside))
 
 
 # --- processing baselines --------------------------------------------------------------

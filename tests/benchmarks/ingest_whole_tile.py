@@ -8,7 +8,8 @@ It generates one whole 10 m tile (B04, B03, B02 as 10980 x 10980 uint16 COGs wit
 1024 px blocks and overviews, SCL at 20 m, as the Planetary Computer stores them),
 serves it from the loopback stack of the tests (pgstac + stac-fastapi-pgstac, the
 Range-serving COG host), and runs ``s2sam ingest`` on the tile's own footprint in a
-child process. Reported: wall time and peak RSS of that process (``wait4``), the HTTP
+child process. Reported: wall time and peak RSS of that process (``wait4``; a psutil
+timeline shows the phase), the HTTP
 traffic, and whether the output equals the source pixel for pixel.
 
 The target (DESIGN): peak RSS under 1.5 GB.
@@ -17,6 +18,7 @@ The target (DESIGN): peak RSS under 1.5 GB.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -126,23 +128,35 @@ def generate_tile(root: Path, size: int) -> GeneratedItem:
     )
 
 
-def run_ingest(args: list[str]) -> tuple[float, int, str, str]:
-    """Wall seconds, peak RSS bytes (``wait4``), stdout and stderr of ``s2sam ingest``."""
+def run_ingest(args: list[str]) -> tuple[float, int, list[tuple[float, int]], str]:
+    """Wall seconds, peak RSS bytes (``wait4``), an RSS timeline and stdout of ``s2sam ingest``.
+
+    The timeline (psutil, every 0.25 s) shows in which phase the peak falls.
+    """
+    import psutil
+
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "NO_PROXY": "127.0.0.1"}
     start = time.perf_counter()
+    timeline: list[tuple[float, int]] = []
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "pipelines", "ingest", *args], stdout=out, stderr=err, env=env
-        )
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
+        cmd = [sys.executable, "-m", "pipelines", "ingest", *args]
+        child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        probe = psutil.Process(child.pid)
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            with contextlib.suppress(psutil.NoSuchProcess):
+                timeline.append((time.perf_counter() - start, probe.memory_info().rss))
+            time.sleep(0.25)
         wall = time.perf_counter() - start
+        code = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    if child.returncode != 0:
-        raise SystemExit(f"s2sam ingest failed ({child.returncode}):\n{stderr}")
-    return wall, usage.ru_maxrss * 1024, stdout, stderr
+    if code != 0:
+        raise SystemExit(f"s2sam ingest failed ({code}):\n{stderr}")
+    return wall, usage.ru_maxrss * 1024, timeline, stdout
 
 
 def equal_to_source(output: Path, root: Path) -> bool:
@@ -190,7 +204,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         servers.cogs.reset()
         day = WHEN.date().isoformat()
-        wall, rss, stdout, _ = run_ingest(
+        wall, rss, timeline, stdout = run_ingest(
             [
                 "--geometry", str(area), "--start-date", day, "--end-date", day,
                 "--stac-url", servers.url, "--output-dir", str(out), "--no-progress",
@@ -206,6 +220,7 @@ def main() -> None:
             "bands": list(BANDS),
             "ingest_wall_s": round(wall, 1),
             "ingest_peak_rss_mb": round(rss / 2**20),
+            "rss_timeline_mb": [(round(t, 1), round(m / 2**20)) for t, m in timeline[::8]],
             "target_peak_rss_mb": 1536,
             "within_target": rss < 1.5 * 2**30,
             "cog_get_requests": len(gets),

@@ -25,8 +25,10 @@ from components.scenes import (
     platform_code,
     rebase_dn,
     resolve_time_range,
+    scl_counts,
     scl_stats,
     select_scenes,
+    sky_from_counts,
 )
 
 UTC = timezone.utc
@@ -260,6 +262,15 @@ def test_scl_fractions_count_only_the_area():
     assert stats.pixels == 8
     assert stats.nodata_fraction == pytest.approx(1 / 8)
     assert stats.cloud_fraction == pytest.approx(5 / 7)  # 9, 9, 3, 8, 10 of the 7 with data
+
+
+def test_scl_counts_add_up_over_strips():
+    rng = np.random.default_rng(3)
+    scl = rng.integers(0, 12, size=(50, 40)).astype(np.uint8)
+    inside = rng.random((50, 40)) < 0.7
+    strips = [scl_counts(scl[r : r + 16], inside[r : r + 16]) for r in range(0, 50, 16)]
+    totals = [sum(c[k] for c in strips) for k in range(3)]
+    assert sky_from_counts(*totals) == scl_stats(scl, inside)
 
 
 def test_scl_without_data():
