@@ -234,13 +234,10 @@ def ingest_params(
     Raises:
         ValueError: The first bad input, named, with what is wrong with it.
     """
-    if isinstance(geometry, os.PathLike):
-        path = Path(geometry)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ValueError(f"geometry file {str(path)!r} cannot be read: {err}") from err
-        area = parse_area(text, max_area_km2)
+    if isinstance(geometry, os.PathLike) or (
+        isinstance(geometry, str) and not geometry.lstrip().startswith("{")
+    ):
+        area = parse_area(read_geometry_file(Path(geometry)), max_area_km2)
     else:
         area = parse_area(geometry, max_area_km2)
     time_range = resolve_time_range(start_date, end_date, lookback_days, reference_time, now)
@@ -280,6 +277,14 @@ def ingest_params(
         network=network or NetworkOptions(),
         pc_key=key,
     )
+
+
+def read_geometry_file(path: Path) -> str:
+    """A geometry file's text; ``ValueError`` naming the file when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"geometry file {str(path)!r} cannot be read: {err}") from err
 
 
 # --- results ---------------------------------------------------------------------------
@@ -341,7 +346,8 @@ def ingest_s2(
 
     Args:
         geometry: The area: GeoJSON text or mapping (Polygon, MultiPolygon, Feature,
-            FeatureCollection), or a path to a GeoJSON file.
+            FeatureCollection), or a path to a GeoJSON file (a ``Path``, or a string
+            that does not start with ``{``).
         output_dir: Folder for ``<acquisition>.tif`` files and ``manifest.json``;
             created when the first file is written.
         start_date: First day searched (``YYYY-MM-DD``); with ``end_date``.

@@ -118,7 +118,13 @@ def register(subparsers: Any) -> None:
     source.add_argument(
         "--collection", default=DEFAULTS["collection"], help="(default: %(default)s)"
     )
-    source.add_argument("--max-area-km2", type=float, default=None, metavar="KM2")
+    source.add_argument(
+        "--max-area-km2",
+        type=float,
+        default=None,
+        metavar="KM2",
+        help="largest area accepted (default: 15000, a whole tile fits)",
+    )
     source.add_argument(
         "--timeout",
         type=float,
@@ -199,7 +205,9 @@ def run(args: argparse.Namespace) -> int:
                 resampling=args.resampling,
                 stac_url=args.stac_url,
                 collection=args.collection,
-                max_area_km2=args.max_area_km2 or DEFAULT_MAX_AREA_KM2,
+                max_area_km2=(
+                    DEFAULT_MAX_AREA_KM2 if args.max_area_km2 is None else args.max_area_km2
+                ),
                 network=NetworkOptions(timeout_s=args.timeout, retries=args.retries),
                 progress=progress,
             )

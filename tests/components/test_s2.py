@@ -355,6 +355,15 @@ def test_bad_input_fails_before_any_request(stac, tmp_path, area, kwargs, messag
     assert not (tmp_path / "out").exists()
 
 
+def test_geometry_from_a_file(tmp_path):
+    path = tmp_path / "area.geojson"
+    path.write_text(json.dumps(roi("single")))
+    for given in (path, str(path)):
+        assert ingest_params(given, **MAY).area.area_km2 == pytest.approx(1.0, rel=3e-3)
+    with pytest.raises(ValueError, match=r"geometry file .*missing\.geojson.* cannot be read"):
+        ingest_params(str(tmp_path / "missing.geojson"), **MAY)
+
+
 def test_stac_url_from_the_environment(stac, monkeypatch):
     monkeypatch.setenv("S2SAM_STAC_URL", stac.url + "/")
     assert ingest_params(roi("single"), **MAY).stac_url == stac.url
