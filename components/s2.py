@@ -182,8 +182,8 @@ GDAL_READ_OPTIONS: dict[str, str | int] = {
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": str(32 * 2**20),
 }
-"""COG reading as the Planetary Computer recommends: one request for the header, no
-directory listings, adjacent blocks merged; caches kept small (memory target)."""
+"""Cloud COG reading: the header in one request, no directory listings (a signed URL
+has none), adjacent blocks in one range request; caches kept small (memory target)."""
 
 
 @dataclass(frozen=True)
