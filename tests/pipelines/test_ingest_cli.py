@@ -18,7 +18,7 @@ from pipelines.cli import main
 from pipelines.commands.ingest import DEFAULTS
 from tests.fixtures.s2_world import REAL_TIF, expected_dn, real_roi, roi
 
-FAST = ["--timeout", "2", "--retries", "1", "--no-progress"]
+FAST = ["--timeout", "10", "--retries", "1", "--no-progress"]
 
 
 def write_area(tmp_path, feature):
