@@ -30,6 +30,10 @@ def shared_data() -> Path:
     return path
 
 
+# The loopback STAC API and COG host (session fixtures, started on first use).
+pytest_plugins = ["tests.fixtures.stac"]
+
+
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """vit_tiny with seeded random weights, exported through the real export path."""

@@ -1,0 +1,550 @@
+"""Which Sentinel-2 L2A acquisitions to ingest: the selection math, without any I/O.
+
+The ingest (:mod:`components.s2`) searches a STAC API for *tile items* (one MGRS
+tile of one acquisition each) and hands them here as :class:`TileItem` records:
+
+1. **Time range.** Explicit dates, or ``lookback_days`` before a reference time
+   (default now): what a scheduled run needs. Dates are whole UTC days, both ends
+   included.
+2. **Grouping.** Items of one pass of one satellite (same UTC date, platform and
+   relative orbit) form an :class:`Acquisition`; a tile processed twice (the
+   Planetary Computer holds some reprocessed products beside the originals) keeps
+   its newest processing baseline.
+3. **Tile cover.** Per acquisition, the fewest tiles whose footprints cover the
+   area (exact search over small sets, greedy beyond), preferring tiles in the
+   output's UTM zone, which then need no reprojection.
+4. **Clouds.** The scene classification (SCL) read over the area only gives the
+   share of cloud and cloud shadow (classes 3, 8, 9, 10) among the area's pixels
+   with data, and the share without data (class 0: outside the swath).
+5. **Choice.** Acquisitions over the limits are rejected with the reason;
+   ``least_cloudy`` keeps the ``max_scenes`` clearest, ``latest`` the newest,
+   ``all`` every one that passes.
+
+Tile-level ``eo:cloud_cover`` is a 110 km average: a clear tile can hide a cloud on
+the field and a cloudy one can be clear over it, which is why step 4 looks at the
+area's own pixels (FarmVibes.AI computed a cloud mask and never used it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Literal, get_args
+
+import numpy as np
+import shapely
+from numpy.typing import NDArray
+from shapely.geometry.base import BaseGeometry
+
+from components.radiometry import NODATA_DN, boa_add_offset, parse_baseline
+
+BAND_RESOLUTION: Mapping[str, int] = {
+    "B02": 10,
+    "B03": 10,
+    "B04": 10,
+    "B08": 10,
+    "B05": 20,
+    "B06": 20,
+    "B07": 20,
+    "B8A": 20,
+    "B11": 20,
+    "B12": 20,
+}
+"""The 10 and 20 m L2A bands and their native pixel size in metres."""
+
+DEFAULT_BANDS = ("B04", "B03", "B02")
+"""Red, green, blue: what SAM's RGB encoder takes."""
+
+SCL_ASSET = "SCL"
+SCL_NODATA = 0
+SCL_CLOUD_CLASSES = (3, 8, 9, 10)
+"""Cloud shadow, cloud medium and high probability, thin cirrus."""
+
+Strategy = Literal["least_cloudy", "latest", "all"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+COVER_TOLERANCE = 1e-6
+"""Uncovered share of the area still counted as covered (float noise at shared edges)."""
+
+MAX_EXACT_COVER = 10
+"""Tile counts up to which the fewest-tiles cover is found exactly."""
+
+_BAND = re.compile(r"^B(\d{1,2}|8A)$")
+_MAX_LISTED = 20
+
+
+class NoSceneError(LookupError):
+    """No acquisition can be ingested: none found, or none passes the limits."""
+
+
+class TooCloudyError(NoSceneError):
+    """Acquisitions were found, but every one is too cloudy or lacks data over the area."""
+
+
+# --- time range ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """A closed interval of UTC instants."""
+
+    start: datetime
+    end: datetime
+
+    def to_stac(self) -> str:
+        """The interval as a STAC API ``datetime`` parameter."""
+        return f"{format_instant(self.start)}/{format_instant(self.end)}"
+
+
+def format_instant(value: datetime) -> str:
+    """RFC 3339 UTC with a ``Z``; microseconds only when there are any."""
+    utc = value.astimezone(timezone.utc)
+    fraction = f".{utc.microsecond:06d}" if utc.microsecond else ""
+    return utc.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+
+
+def parse_instant(value: str | date | datetime, name: str, end_of_day: bool = False) -> datetime:
+    """A date or datetime as an aware UTC datetime.
+
+    A bare date is the start of that UTC day, or its last microsecond with
+    ``end_of_day`` (so an end date includes its own day). Naive datetimes are UTC.
+    """
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime.combine(value, time.max if end_of_day else time.min)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            if len(text) == 10:
+                day = date.fromisoformat(text)
+                parsed = datetime.combine(day, time.max if end_of_day else time.min)
+            else:
+                parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" else text)
+        except ValueError:
+            raise ValueError(
+                f"{name} {value!r} is not a date (YYYY-MM-DD) or an ISO 8601 datetime"
+            ) from None
+    else:
+        raise ValueError(f"{name} must be a date (YYYY-MM-DD), got {value!r}")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def resolve_time_range(
+    start_date: str | date | None = None,
+    end_date: str | date | None = None,
+    lookback_days: int | None = None,
+    reference_time: str | datetime | None = None,
+    now: datetime | None = None,
+) -> TimeRange:
+    """The search interval, from explicit dates or a lookback before a reference time.
+
+    Args:
+        start_date: First day (or instant) searched; needs ``end_date``.
+        end_date: Last day searched, included.
+        lookback_days: Days before ``reference_time`` searched, instead of dates.
+        reference_time: End of a lookback; default ``now``.
+        now: The current time (for tests); default the clock.
+
+    Raises:
+        ValueError: Both or neither forms given, a missing end, a bad value, or a
+            start after the end.
+    """
+    explicit = start_date is not None or end_date is not None
+    if explicit and lookback_days is not None:
+        raise ValueError(
+            "give either start_date and end_date, or lookback_days, not both "
+            f"(got start_date={start_date!r}, end_date={end_date!r}, "
+            f"lookback_days={lookback_days!r})"
+        )
+    if explicit:
+        if reference_time is not None:
+            raise ValueError("reference_time only applies to lookback_days, not to dates")
+        if start_date is None or end_date is None:
+            missing = "start_date" if start_date is None else "end_date"
+            raise ValueError(f"{missing} is missing: explicit dates need both ends")
+        start = parse_instant(start_date, "start_date")
+        end = parse_instant(end_date, "end_date", end_of_day=True)
+        if start > end:
+            raise ValueError(f"start_date {start_date} is after end_date {end_date}")
+        return TimeRange(start, end)
+    if lookback_days is None:
+        raise ValueError("no time range: give start_date and end_date, or lookback_days")
+    if isinstance(lookback_days, bool) or not isinstance(lookback_days, int) or lookback_days < 1:
+        raise ValueError(f"lookback_days must be a positive integer, got {lookback_days!r}")
+    if reference_time is None:
+        end = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    else:
+        end = parse_instant(reference_time, "reference_time", end_of_day=True)
+    return TimeRange(end - timedelta(days=lookback_days), end)
+
+
+# --- bands -----------------------------------------------------------------------------
+
+
+def parse_bands(bands: str | Sequence[str]) -> tuple[str, ...]:
+    """Band names in order, normalised (``"b4, B8A"`` -> ``("B04", "B8A")``).
+
+    Raises:
+        ValueError: Empty, duplicated, or not one of the 10/20 m bands.
+    """
+    raw = bands.split(",") if isinstance(bands, str) else list(bands)
+    names = []
+    for item in raw:
+        text = str(item).strip().upper()
+        match = _BAND.match(text)
+        name = f"B{match.group(1).zfill(2)}" if match else text
+        if name not in BAND_RESOLUTION:
+            raise ValueError(
+                f"band {str(item).strip()!r} is not a 10 or 20 m Sentinel-2 L2A band; "
+                f"choose from {', '.join(sorted(BAND_RESOLUTION))}"
+            )
+        if name in names:
+            raise ValueError(f"band {name} is listed twice in {bands!r}")
+        names.append(name)
+    if not names:
+        raise ValueError("bands is empty: name at least one band, e.g. B04,B03,B02")
+    return tuple(names)
+
+
+# --- tiles and acquisitions ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TileItem:
+    """One STAC item: one MGRS tile of one acquisition, as the selection needs it."""
+
+    id: str
+    datetime: datetime
+    mgrs_tile: str
+    platform: str
+    relative_orbit: int | None
+    epsg: int
+    processing_baseline: str
+    footprint: BaseGeometry = field(repr=False)
+    """Where the tile has data, in lon/lat (the item's geometry)."""
+    assets: Mapping[str, str] = field(repr=False, hash=False)
+    """Asset key (``"B04"``, ``"SCL"``) to href; signed when the catalog needs it."""
+    eo_cloud_cover: float | None = None
+    generation_time: str = ""
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """The tiles of one pass of one satellite over the area."""
+
+    date: date
+    platform: str
+    relative_orbit: int | None
+    tiles: tuple[TileItem, ...]
+
+    @property
+    def key(self) -> str:
+        """A name unique per acquisition: ``S2B_20210617_R022``."""
+        orbit = "" if self.relative_orbit is None else f"_R{self.relative_orbit:03d}"
+        return f"{platform_code(self.platform)}_{self.date:%Y%m%d}{orbit}"
+
+    @property
+    def datetime(self) -> datetime:
+        """Sensing time of the earliest tile."""
+        return min(t.datetime for t in self.tiles)
+
+
+def platform_code(platform: str) -> str:
+    """``"Sentinel-2B"`` -> ``"S2B"``; anything unrecognised -> ``"S2"``."""
+    match = re.search(r"2([A-Da-d])\s*$", platform)
+    return f"S2{match.group(1).upper()}" if match else "S2"
+
+
+def newest_per_tile(items: Iterable[TileItem]) -> tuple[TileItem, ...]:
+    """One item per MGRS tile: the newest processing baseline, then generation time."""
+    best: dict[str, TileItem] = {}
+    for item in items:
+        kept = best.get(item.mgrs_tile)
+        if kept is None or _recency(item) > _recency(kept):
+            best[item.mgrs_tile] = item
+    return tuple(sorted(best.values(), key=lambda t: t.mgrs_tile))
+
+
+def _recency(item: TileItem) -> tuple[tuple[int, int], str, str]:
+    try:
+        baseline = parse_baseline(item.processing_baseline)
+    except ValueError:
+        baseline = (-1, -1)
+    return (baseline, item.generation_time, item.id)
+
+
+def group_acquisitions(items: Iterable[TileItem]) -> tuple[Acquisition, ...]:
+    """Items grouped per (UTC date, platform, relative orbit), in time order."""
+    groups: dict[tuple[date, str, int | None], list[TileItem]] = {}
+    for item in items:
+        day = item.datetime.astimezone(timezone.utc).date()
+        groups.setdefault((day, item.platform, item.relative_orbit), []).append(item)
+    acquisitions = [
+        Acquisition(day, platform, orbit, newest_per_tile(tiles))
+        for (day, platform, orbit), tiles in groups.items()
+    ]
+    return tuple(sorted(acquisitions, key=lambda a: (a.datetime, a.key)))
+
+
+# --- tile cover ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TileCover:
+    """The tiles chosen to cover the area, and the share of it they cover."""
+
+    tiles: tuple[TileItem, ...]
+    coverage: float
+
+
+def cover_area(
+    tiles: Sequence[TileItem], area: BaseGeometry, prefer_epsg: int | None = None
+) -> TileCover:
+    """The fewest tiles whose footprints cover ``area`` (both in lon/lat).
+
+    Exact for up to :data:`MAX_EXACT_COVER` overlapping tiles (an area touches at most
+    a handful), greedy beyond or when no subset covers it all (an area at a swath
+    edge): then every tile that adds coverage is kept and ``coverage < 1``. Among
+    equally small covers, tiles in ``prefer_epsg`` win, then larger overlaps.
+    """
+    total = float(area.area)
+    if total <= 0.0:
+        raise ValueError("area has zero extent: nothing to cover")
+    parts = {t.id: t.footprint.intersection(area) for t in tiles}
+    useful = [t for t in tiles if parts[t.id].area > 0.0]
+    useful.sort(key=lambda t: (t.epsg != prefer_epsg, -parts[t.id].area, t.mgrs_tile))
+    if not useful:
+        return TileCover((), 0.0)
+
+    def covered(chosen: Sequence[TileItem]) -> float:
+        return float(shapely.union_all([parts[t.id] for t in chosen]).area) / total
+
+    if len(useful) <= MAX_EXACT_COVER:
+        for k in range(1, len(useful) + 1):
+            for combo in itertools.combinations(useful, k):
+                share = covered(combo)
+                if share >= 1.0 - COVER_TOLERANCE:
+                    return TileCover(tuple(combo), min(share, 1.0))
+    chosen: list[TileItem] = []
+    share = 0.0
+    remaining = list(useful)
+    while remaining:
+        gains = [covered([*chosen, t]) for t in remaining]
+        best = int(np.argmax(gains))
+        if gains[best] <= share + COVER_TOLERANCE * 1e-3:
+            break
+        share = gains[best]
+        chosen.append(remaining.pop(best))
+    return TileCover(tuple(chosen), min(share, 1.0))
+
+
+# --- clouds ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SkyStats:
+    """What the SCL says about the area on one acquisition."""
+
+    cloud_fraction: float
+    """Cloud and shadow pixels over the area's pixels with data (1.0 if none has)."""
+    nodata_fraction: float
+    """Area pixels without data (outside the swath or every tile)."""
+    pixels: int
+    """Area pixels counted (at the SCL's 20 m)."""
+
+
+def scl_counts(scl: NDArray[np.integer], inside: NDArray[np.bool_]) -> tuple[int, int, int]:
+    """``(pixels, nodata, cloudy)`` where ``inside`` is true: sums over strips add up.
+
+    Raises:
+        ValueError: The shapes differ.
+    """
+    if scl.shape != inside.shape:
+        raise ValueError(f"SCL shape {scl.shape} differs from the area mask {inside.shape}")
+    values = scl[inside]
+    nodata = int(np.count_nonzero(values == SCL_NODATA))
+    cloudy = int(np.count_nonzero(np.isin(values, SCL_CLOUD_CLASSES)))
+    return (int(values.size), nodata, cloudy)
+
+
+def sky_from_counts(pixels: int, nodata: int, cloudy: int) -> SkyStats:
+    """Cloud and nodata shares from :func:`scl_counts` (summed over strips).
+
+    Raises:
+        ValueError: No pixel counted.
+    """
+    if pixels <= 0:
+        raise ValueError("the area mask selects no SCL pixel")
+    valid = pixels - nodata
+    return SkyStats(
+        cloud_fraction=cloudy / valid if valid else 1.0,
+        nodata_fraction=nodata / pixels,
+        pixels=pixels,
+    )
+
+
+def scl_stats(scl: NDArray[np.integer], inside: NDArray[np.bool_]) -> SkyStats:
+    """Cloud and nodata shares of the pixels where ``inside`` is true.
+
+    Raises:
+        ValueError: Shapes differ, or ``inside`` selects no pixel.
+    """
+    return sky_from_counts(*scl_counts(scl, inside))
+
+
+# --- processing baselines --------------------------------------------------------------
+
+
+def common_offset(baselines: Iterable[str]) -> int:
+    """The ``BOA_ADD_OFFSET`` a mosaic of these baselines is expressed in.
+
+    The most negative one (-1000 as soon as one tile is 04.00 or later): shifting
+    older tiles' DNs up by 1000 loses nothing, shifting newer ones down would clip
+    dark pixels to nodata.
+    """
+    offsets = [boa_add_offset(b) for b in baselines]
+    if not offsets:
+        raise ValueError("no processing baseline given")
+    return min(offsets)
+
+
+def rebase_dn(dn: NDArray[np.uint16], from_offset: int, to_offset: int) -> NDArray[np.uint16]:
+    """DNs of one offset convention in another: ``DN + from - to``; nodata stays 0.
+
+    Reflectance ``(DN + offset) / 10000`` is unchanged; values saturate at 65535.
+    """
+    shift = from_offset - to_offset
+    if shift == 0:
+        return dn
+    if shift < 0:
+        raise ValueError(
+            f"rebasing from offset {from_offset} to {to_offset} would darken DNs below "
+            "nodata; rebase to the most negative offset (common_offset)"
+        )
+    out = np.minimum(dn.astype(np.int32) + shift, np.iinfo(np.uint16).max).astype(np.uint16)
+    out[dn == NODATA_DN] = NODATA_DN
+    return out
+
+
+# --- choice ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An acquisition with its tile cover and what its SCL says about the area."""
+
+    acquisition: Acquisition
+    cover: TileCover
+    sky: SkyStats
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The acquisitions kept (in time order) and why the others were not."""
+
+    selected: tuple[Candidate, ...]
+    rejected: tuple[tuple[Candidate, str], ...]
+
+
+def check_selection_limits(
+    strategy: str, max_scenes: int, max_cloud_fraction: float, max_nodata_fraction: float
+) -> None:
+    """Raise ``ValueError`` naming the selection parameter that is out of range."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if isinstance(max_scenes, bool) or not isinstance(max_scenes, int) or max_scenes < 1:
+        raise ValueError(f"max_scenes must be a positive integer, got {max_scenes!r}")
+    for name, value in (
+        ("max_roi_cloud_fraction", max_cloud_fraction),
+        ("max_roi_nodata_fraction", max_nodata_fraction),
+    ):
+        if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 1):
+            raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def rejection(sky: SkyStats, max_cloud_fraction: float, max_nodata_fraction: float) -> str | None:
+    """Why an acquisition cannot be used over the area, or ``None`` if it can."""
+    if sky.nodata_fraction > max_nodata_fraction:
+        return (
+            f"no data on {sky.nodata_fraction:.1%} of the area "
+            f"(max_roi_nodata_fraction {max_nodata_fraction:.1%})"
+        )
+    if sky.cloud_fraction > max_cloud_fraction:
+        return (
+            f"cloud/shadow on {sky.cloud_fraction:.1%} of the area "
+            f"(max_roi_cloud_fraction {max_cloud_fraction:.1%})"
+        )
+    return None
+
+
+def select_scenes(
+    candidates: Sequence[Candidate],
+    strategy: Strategy = "least_cloudy",
+    max_scenes: int = 1,
+    max_cloud_fraction: float = 0.1,
+    max_nodata_fraction: float = 0.05,
+) -> Selection:
+    """Choose acquisitions by ``strategy`` among those within the limits.
+
+    ``least_cloudy`` keeps the ``max_scenes`` with the least cloud (ties: more data,
+    then newer); ``latest`` the ``max_scenes`` newest; ``all`` every passing one
+    (``max_scenes`` does not apply). The result is in time order.
+
+    Raises:
+        ValueError: A parameter out of range.
+        TooCloudyError: Candidates exist but none passes; the message lists each
+            acquisition with its cloud and nodata shares.
+    """
+    check_selection_limits(strategy, max_scenes, max_cloud_fraction, max_nodata_fraction)
+    passing: list[Candidate] = []
+    rejected: list[tuple[Candidate, str]] = []
+    for candidate in candidates:
+        reason = rejection(candidate.sky, max_cloud_fraction, max_nodata_fraction)
+        if reason is None:
+            passing.append(candidate)
+        else:
+            rejected.append((candidate, reason))
+    if candidates and not passing:
+        raise TooCloudyError(too_cloudy_message(rejected))
+    if strategy == "least_cloudy":
+        ranked = sorted(
+            passing,
+            key=lambda c: (
+                c.sky.cloud_fraction,
+                c.sky.nodata_fraction,
+                -c.acquisition.datetime.timestamp(),
+            ),
+        )
+        chosen = ranked[:max_scenes]
+    elif strategy == "latest":
+        chosen = sorted(passing, key=lambda c: c.acquisition.datetime, reverse=True)[:max_scenes]
+    else:
+        chosen = passing
+    kept = {id(c) for c in chosen}
+    rejected += [
+        (c, f"not among the {strategy} {max_scenes}") for c in passing if id(c) not in kept
+    ]
+    order = sorted(chosen, key=lambda c: (c.acquisition.datetime, c.acquisition.key))
+    return Selection(tuple(order), tuple(sorted(rejected, key=lambda r: r[0].acquisition.datetime)))
+
+
+def too_cloudy_message(rejected: Sequence[tuple[Candidate, str]]) -> str:
+    """One line per rejected acquisition, for the error a user reads."""
+    lines = [
+        f"  {c.acquisition.key}: cloud/shadow {c.sky.cloud_fraction:.1%}, "
+        f"no data {c.sky.nodata_fraction:.1%} -> {reason}"
+        for c, reason in rejected[:_MAX_LISTED]
+    ]
+    if len(rejected) > _MAX_LISTED:
+        lines.append(f"  ... and {len(rejected) - _MAX_LISTED} more")
+    return (
+        f"all {len(rejected)} acquisitions found are too cloudy or lack data over the "
+        "area:\n" + "\n".join(lines)
+    )
