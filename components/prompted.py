@@ -1,0 +1,110 @@
+"""Prompted segmentation of one chip: ``segment_s2`` semantics, without its splits.
+
+Every prompt group (one ``prompt_id``) is ONE decoder call with all of its points,
+foreground and background, and its box: FarmVibes cut groups into 64-point slices
+decoded separately and OR-ed, so background points in one slice could not suppress
+foreground in another. Groups with the same number of points share a call (the
+decoder's batch axis is independent per prompt set, so results are unchanged).
+
+A single click is ambiguous (SAM's multimask case): the best of SAM's three masks
+by predicted IoU is kept. Several points or a box take SAM's single-mask output.
+Optional refinement feeds the chosen low-res logits back as ``mask_input``.
+As in FarmVibes, a group's mask is limited to its box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from components import amg
+from components.prompts import PromptGroup
+from components.sam_runtime import SamModel, prompt_arrays
+
+MASK_THRESHOLD = 0.0
+
+
+@dataclass(frozen=True)
+class PromptParams:
+    """Knobs of prompted mode."""
+
+    refine_iterations: int = 0
+    """Extra decoder passes fed with the previous low-res logits (SAM's refinement)."""
+    limit_to_box: bool = True
+    """Drop mask pixels outside the group's box (FarmVibes' behaviour)."""
+    stability_score_offset: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.refine_iterations, bool) or not 0 <= self.refine_iterations <= 10:
+            raise ValueError(
+                f"refine_iterations must be in [0, 10], got {self.refine_iterations!r}"
+            )
+
+
+@dataclass
+class GroupMask:
+    """The mask of one prompt group in one chip (chip frame, chip size)."""
+
+    prompt_id: int | str
+    mask: NDArray[np.bool_]
+    predicted_iou: float
+    stability_score: float
+
+
+def is_single_click(group: PromptGroup) -> bool:
+    """One point and no box: SAM's ambiguous case, answered with the best of 3 masks."""
+    return group.box is None and len(group.points) == 1
+
+
+def box_pixels(box: tuple[float, float, float, float], h: int, w: int) -> NDArray[np.bool_]:
+    """Pixels whose centres lie inside a continuous box ``[x0, x1) x [y0, y1)``."""
+    x0, y0, x1, y1 = box
+    c0, c1 = max(0, int(np.ceil(x0 - 0.5))), min(w, int(np.ceil(x1 - 0.5)))
+    r0, r1 = max(0, int(np.ceil(y0 - 0.5))), min(h, int(np.ceil(y1 - 0.5)))
+    out = np.zeros((h, w), dtype=bool)
+    out[r0:r1, c0:c1] = True
+    return out
+
+
+def segment_groups(
+    model: SamModel,
+    embedding: NDArray[np.float32],
+    groups: list[PromptGroup],
+    params: PromptParams | None = None,
+) -> list[GroupMask]:
+    """One mask per group (chip coordinates), in the order of ``groups``."""
+    params = params or PromptParams()
+    size = model.image_size
+    arrays = [prompt_arrays(g.points, g.labels, g.box) for g in groups]
+    buckets: dict[tuple[int, bool], list[int]] = {}
+    for k, (coords, _) in enumerate(arrays):
+        buckets.setdefault((len(coords), is_single_click(groups[k])), []).append(k)
+    results: dict[int, GroupMask] = {}
+    for (_, single), members in buckets.items():
+        coords = np.stack([arrays[k][0] for k in members])
+        labels = np.stack([arrays[k][1] for k in members])
+        out = model.decode(embedding, coords, labels)
+        if single:
+            best = 1 + np.argmax(out.iou_predictions[:, 1:], axis=1)
+        else:
+            best = np.zeros(len(members), dtype=np.intp)
+        rows = np.arange(len(members))
+        low = out.low_res_logits[rows, best][:, None]
+        iou = out.iou_predictions[rows, best]
+        for _ in range(params.refine_iterations):
+            out = model.decode(embedding, coords, labels, mask_input=low)
+            low = out.low_res_logits[:, :1]
+            iou = out.iou_predictions[:, 0]
+        logits = model.upscale(low[:, 0], (size, size), (size, size))
+        stability = amg.calculate_stability_score(
+            logits, MASK_THRESHOLD, params.stability_score_offset
+        )
+        for j, k in enumerate(members):
+            mask = logits[j] > MASK_THRESHOLD
+            box = groups[k].box
+            if params.limit_to_box and box is not None:
+                mask &= box_pixels(box, size, size)
+            results[k] = GroupMask(groups[k].prompt_id, mask, float(iou[j]), float(stability[j]))
+    return [results[k] for k in range(len(groups))]

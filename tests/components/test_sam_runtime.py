@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from components.registry import read_manifest
+from components.sam_runtime import (
+    PAD_RGB,
+    SamModel,
+    choose_providers,
+    pad_chip,
+    preprocess_shape,
+    prompt_arrays,
+    resize_bilinear,
+)
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize(
+    "shape_in,shape_out",
+    [((256, 256), (1024, 1024)), ((1024, 1024), (512, 512)), ((256, 256), (1024, 1018)),
+     ((1024, 1018), (700, 512)), ((7, 5), (3, 11)), ((64, 64), (64, 64))],
+)  # fmt: skip
+def test_resize_bilinear_equals_torch(shape_in, shape_out):
+    x = np.random.default_rng(0).normal(0, 5, (3, 2, *shape_in)).astype(np.float32)
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(x), shape_out, mode="bilinear", align_corners=False
+    ).numpy()
+    ours = resize_bilinear(x, *shape_out)
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-5)
+
+
+def test_preprocess_shape_is_sams_rule():
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    for h, w in [(1024, 1024), (512, 512), (512, 511), (300, 700), (1, 5)]:
+        assert preprocess_shape(h, w, 1024) == ResizeLongestSide.get_preprocess_shape(h, w, 1024)
+
+
+def test_prompt_arrays_follow_sams_onnx_convention():
+    coords, labels = prompt_arrays(np.array([[10.5, 20.5], [3.0, 4.0]]), np.array([1, 0]), None)
+    np.testing.assert_allclose(coords, [[10.0, 20.0], [2.5, 3.5], [0.0, 0.0]])
+    np.testing.assert_array_equal(labels, [1, 0, -1])  # SAM's padding point when no box
+    coords, labels = prompt_arrays(np.zeros((0, 2)), np.zeros(0), (10.0, 20.0, 30.0, 50.0))
+    # a box over pixels 10..29 x 20..49: corners are its extreme pixels' indices
+    np.testing.assert_allclose(coords, [[10.0, 20.0], [29.0, 49.0]])
+    np.testing.assert_array_equal(labels, [2, 3])
+    assert coords.dtype == labels.dtype == np.float32
+
+
+def test_pad_chip_uses_sams_mean_colour():
+    rgb = np.full((3, 5, 3), 7, np.uint8)
+    out = pad_chip(rgb, 8)
+    assert out.shape == (3, 8, 8)
+    assert (out[:, :3, :5] == 7).all()
+    assert tuple(out[:, 7, 7]) == PAD_RGB and tuple(out[:, 0, 6]) == PAD_RGB
+    with pytest.raises(ValueError, match="larger than"):
+        pad_chip(np.zeros((9, 2, 3), np.uint8), 8)
+
+
+def test_providers(monkeypatch):
+    assert choose_providers() == ["CPUExecutionProvider"]  # never Azure's remote provider
+    with pytest.raises(ValueError, match="not available here"):
+        choose_providers(["TensorrtExecutionProvider"])
+    monkeypatch.setenv("S2SAM_ORT_PROVIDERS", "CPUExecutionProvider")
+    assert choose_providers() == ["CPUExecutionProvider"]
+    monkeypatch.setenv("S2SAM_ORT_PROVIDERS", "CUDAExecutionProvider")
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(ValueError, match="CUDAExecutionProvider"):
+            choose_providers()
+
+
+def test_model_counts_calls_and_checks_inputs(tiny_export):
+    model = SamModel(tiny_export, read_manifest(tiny_export))
+    assert (model.image_size, model.embedding_size, model.embed_dim) == (1024, 64, 64)
+    emb = model.encode(np.zeros((2, 3, 1024, 1024), np.uint8))
+    assert emb.shape == (2, 64, 64, 64)
+    assert (model.encoder_calls, model.encoded_images) == (1, 2)
+    with pytest.raises(ValueError, match="encoder input must be"):
+        model.encode(np.zeros((1, 3, 512, 512), np.uint8))
+    coords, labels = prompt_arrays(np.array([[100.0, 100.0]]), np.array([1]), None)
+    out = model.decode(emb[:1], coords[None], labels[None], full_resolution=True)
+    assert out.masks is not None and out.masks.shape == (1, 4, 1024, 1024)
+    up = model.upscale(out.low_res_logits, (1024, 1024), (1024, 1024))
+    np.testing.assert_allclose(up, out.masks, atol=1e-4)  # our upsampling == the graph's
+    assert model.decoder_calls == 1
