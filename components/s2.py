@@ -44,15 +44,15 @@ from urllib.parse import urlsplit
 import numpy as np
 import planetary_computer  # type: ignore[import-untyped]
 import pystac
-import rasterio  # type: ignore[import-untyped]
-import rasterio.shutil  # type: ignore[import-untyped]
+import rasterio
+import rasterio.shutil
 import requests
 from numpy.typing import NDArray
-from rasterio.enums import Resampling  # type: ignore[import-untyped]
-from rasterio.errors import RasterioError  # type: ignore[import-untyped]
-from rasterio.features import geometry_mask  # type: ignore[import-untyped]
-from rasterio.vrt import WarpedVRT  # type: ignore[import-untyped]
-from rasterio.windows import Window  # type: ignore[import-untyped]
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.features import geometry_mask
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 from shapely.geometry import shape
 
 from components.area import (

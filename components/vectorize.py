@@ -24,7 +24,7 @@ import shapely
 from affine import Affine
 from numpy.typing import ArrayLike, NDArray
 from pyproj.exceptions import CRSError
-from rasterio.features import shapes  # type: ignore[import-untyped]
+from rasterio.features import shapes
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.polygon import orient
 

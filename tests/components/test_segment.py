@@ -1,0 +1,181 @@
+"""Whole-scene runs: chips, cache, nodata, outputs (tiny model, generated rasters)."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+pytest.importorskip("torch")
+gpd = pytest.importorskip("geopandas")
+
+from components.automatic import AmgParams  # noqa: E402
+from components.embeddings import EmbeddingCache  # noqa: E402
+from components.outputs import band_name, write_outputs  # noqa: E402
+from components.prompts import load_prompts  # noqa: E402
+from components.registry import read_manifest  # noqa: E402
+from components.sam_runtime import SamModel  # noqa: E402
+from components.scene import open_scene, scene_fingerprint, scene_scaling  # noqa: E402
+from components.segment import EncoderSettings, segment_scene  # noqa: E402
+from components.workflow import segment_raster  # noqa: E402
+
+TRANSFORM = Affine(10.0, 0.0, 360_000.0, 0.0, -10.0, 5_350_000.0)
+CRS = "EPSG:32633"
+
+
+def write_scene(path, height=1100, width=1700, nodata_from_col=676):
+    """Blobs of colour on a textured background; columns from ``nodata_from_col`` are nodata."""
+    rng = np.random.default_rng(0)
+    dn = rng.integers(300, 2500, (3, height, width)).astype(np.uint16)
+    yy, xx = np.mgrid[0:height, 0:width]
+    for _ in range(25):
+        cy, cx, r = rng.integers(0, height), rng.integers(0, width), rng.integers(20, 90)
+        dn[:, (yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.integers(500, 4000, (3, 1))
+    dn[:, :, nodata_from_col:] = 0
+    profile = {
+        "driver": "GTiff", "height": height, "width": width, "count": 3, "dtype": "uint16",
+        "crs": CRS, "transform": TRANSFORM, "nodata": 0, "tiled": True,
+        "blockxsize": 256, "blockysize": 256,
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(dn)
+        for b, name in enumerate(("B04", "B03", "B02"), start=1):
+            dst.set_band_description(b, name)
+        dst.update_tags(processing_baseline="05.10", datetime="2024-06-01T10:00:00Z")
+    return path
+
+
+def prompts_at(points):
+    """GeoJSON point prompts at scene pixel (col, row), in the raster CRS."""
+    features = []
+    for k, (col, row) in enumerate(points):
+        x, y = TRANSFORM @ (col + 0.5, row + 0.5)
+        features.append(
+            {
+                "type": "Feature",
+                "properties": {"label": 1, "prompt_id": f"p{k}"},
+                "geometry": {"type": "Point", "coordinates": [x, y]},
+            }
+        )
+    return json.dumps(
+        {
+            "type": "FeatureCollection",
+            "crs": {"type": "name", "properties": {"name": CRS}},
+            "features": features,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tiny_export):
+    return SamModel(tiny_export, read_manifest(tiny_export))
+
+
+@pytest.fixture
+def scene(tmp_path):
+    return open_scene(write_scene(tmp_path / "scene.tif"))
+
+
+def test_scene_band_choice_and_baseline(scene):
+    assert scene.bands == (1, 2, 3) and scene.band_names == ("B04", "B03", "B02")
+    assert scene.processing_baseline == "05.10" and scene.nodata == 0
+
+
+def test_prompted_scene_encodes_only_chips_with_prompts_then_uses_the_cache(model, scene, tmp_path):
+    scaling = scene_scaling(scene)
+    cache = EmbeddingCache(tmp_path / "cache")
+    encoder = EncoderSettings(batch_size=2, cache=cache, scene_sha256=scene_fingerprint(scene.path))
+    # grid over 1100 x 1700 at 1024 px: rows start at 0 and 76, columns at 0, 338, 676:
+    # both prompts lie in the top-left chip only
+    prompts = load_prompts(
+        prompts_at([(100, 50), (300, 60)]), scene.crs, scene.transform, 1100, 1700
+    )
+    first = segment_scene(model, scene, scaling, "prompted", prompts=prompts, encoder=encoder)
+    assert first.stats.chips_total == 6
+    assert first.stats.encoder_images == first.stats.chips_segmented == 1
+    assert first.stats.chips_without_prompts == 5
+    assert [m.prompt_id for m in first.masks] == ["p0", "p1"]
+
+    # new prompts on the same scene: no encoder work at all
+    again = load_prompts(prompts_at([(200, 20), (150, 70)]), scene.crs, scene.transform, 1100, 1700)
+    second = segment_scene(model, scene, scaling, "prompted", prompts=again, encoder=encoder)
+    assert second.stats.encoder_images == 0 and second.stats.encoder_calls == 0
+    assert second.stats.cache_hits >= 1
+    assert {m.prompt_id for m in second.masks} <= {"p0", "p1"}
+
+
+def test_automatic_scene_skips_nodata_chips_and_survives_empty_ones(model, scene, tmp_path):
+    scaling = scene_scaling(scene)
+    params = AmgParams(points_per_side=4)  # default thresholds: random weights give no masks
+    result = segment_scene(model, scene, scaling, "automatic", amg_params=params)
+    assert result.stats.chips_total == 6
+    assert result.stats.chips_nodata == 2  # the two right-hand chips hold only nodata
+    assert result.stats.chips_segmented == 4
+    assert result.masks == []  # nothing survived: an empty result, not an error
+    files = write_outputs(result, scene, scaling, model.lineage, tmp_path / "out")
+    with rasterio.open(files.segmentation) as src:
+        assert src.read(1).max() == 0
+    assert len(gpd.read_parquet(files.polygons)) == 0
+
+
+def test_outputs_are_georeferenced_like_the_scene(model, scene, tmp_path):
+    out = segment_raster(
+        scene.path,
+        tmp_path / "out",
+        "prompted",
+        prompts=prompts_at([(100, 100), (600, 900)]),
+        model_uri=str(model_dir(model)),
+    )
+    with rasterio.open(out.files.segmentation) as src, rasterio.open(scene.path) as ref:
+        assert src.crs == ref.crs and src.transform == ref.transform
+        assert (src.width, src.height) == (ref.width, ref.height)
+        assert src.count == 2 and src.dtypes == ("uint8", "uint8")
+        assert src.descriptions == (band_name("p0"), band_name("p1"))
+        assert src.tags()["s2sam_model_type"] == "vit_tiny"
+        assert src.tags()["source_processing_baseline"] == "05.10"
+        assert src.overviews(1)  # a real COG
+        bands = src.read()
+    assert bands[0, 100, 100] == 1 and bands[1, 900, 600] == 1  # each prompt's own pixel
+    polygons = gpd.read_parquet(out.files.polygons)
+    assert list(polygons["prompt_id"]) == ["p0", "p1"]
+    assert polygons.crs.to_epsg() == 32633
+    assert (polygons["area_m2"] == polygons["pixel_count"] * 100).all()
+    summary = json.loads(out.files.summary.read_text())
+    assert summary["masks"] == 2 and summary["model"]["model_type"] == "vit_tiny"
+    assert out.files.quicklook.stat().st_size > 1000
+
+
+def test_a_failed_write_leaves_no_partial_outputs(model, scene, tmp_path):
+    scaling = scene_scaling(scene)
+    prompts = load_prompts(prompts_at([(100, 100)]), scene.crs, scene.transform, 1100, 1700)
+    result = segment_scene(model, scene, scaling, "prompted", prompts=prompts)
+    scene.path.unlink()  # the quick-look re-reads the scene: make that step fail
+    out = tmp_path / "out"
+    with pytest.raises(rasterio.RasterioIOError):
+        write_outputs(result, scene, scaling, model.lineage, out)
+    assert list(out.iterdir()) == []
+
+
+def model_dir(model):
+    return model.lineage.get("model_uri")
+
+
+def test_bad_inputs_fail_before_heavy_work(scene, tmp_path, tiny_export):
+    with pytest.raises(ValueError, match="does not exist"):
+        segment_raster(tmp_path / "nope.tif", tmp_path / "o", "automatic")
+    with pytest.raises(ValueError, match="needs prompts"):
+        segment_raster(scene.path, tmp_path / "o", "prompted", model_uri=str(tiny_export))
+    with pytest.raises(ValueError, match="band 'B08' not found"):
+        segment_raster(
+            scene.path, tmp_path / "o", "automatic", model_uri=str(tiny_export),
+            radiometry=__import__("components.workflow", fromlist=["x"]).RadiometryParams(
+                band_names=("B08", "B03", "B02")
+            ),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="no usable prompt"):
+        segment_raster(
+            scene.path, tmp_path / "o", "prompted", model_uri=str(tiny_export),
+            prompts=prompts_at([(5000, 5000)]),
+        )  # fmt: skip
+    assert not (tmp_path / "o").exists()
