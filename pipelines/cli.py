@@ -19,7 +19,11 @@ class UserError(Exception):
     """An error caused by the user's input: shown as one line, exit code 2."""
 
 
-COMMAND_MODULES: tuple[str, ...] = ("pipelines.commands.ingest", "pipelines.commands.models")
+COMMAND_MODULES: tuple[str, ...] = (
+    "pipelines.commands.ingest",
+    "pipelines.commands.models",
+    "pipelines.commands.segment",
+)
 """Modules that add subcommands: each has ``register(subparsers) -> None``, which adds
 its parser(s) with ``set_defaults(handler=...)``. Handlers import heavy dependencies
 themselves, so ``s2sam --help`` stays fast."""
