@@ -6,7 +6,6 @@ when the file has them), chips from windows of the selected bands only.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from rasterio.windows import Window
 
 from components.chips import Chip
 from components.radiometry import RgbScaling, StretchMode, scene_rgb_scaling, to_rgb
+from components.registry import file_sha256
 from components.sam_runtime import PAD_RGB
 
 RGB_BAND_NAMES = ("B04", "B03", "B02")
@@ -230,10 +230,6 @@ def iter_chips(
             yield image
 
 
-def scene_fingerprint(path: Path, chunk: int = 1 << 22) -> str:
+def scene_fingerprint(path: Path) -> str:
     """sha256 of the scene file: the content part of the embedding cache key."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path, chunk=1 << 22)

@@ -10,26 +10,23 @@ from typing import Any
 from pipelines.cli import UserError
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
+def _list_of(kind: type, what: str) -> Any:
+    """An argparse type for comma-separated values of one kind."""
+
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}"
+            ) from None
+
+    return parse
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+_floats = _list_of(float, "numbers")
+_ints = _list_of(int, "integers")
+_names = _list_of(str, "names")
 
 
 def add_amg_arguments(parser: argparse.ArgumentParser) -> None:
