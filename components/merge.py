@@ -41,10 +41,12 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import shapely
 from numpy.typing import NDArray
+from pycocotools import mask as mask_utils
 
 from components.chips import Chip, ChipGrid, inner_edges
 
@@ -78,6 +80,36 @@ class SceneMask:
     def chip_index(self) -> int:
         """The chip the mask came from (the lowest, for a stitched mask)."""
         return min(self.chips)
+
+
+def mask_to_record(m: SceneMask) -> dict[str, Any]:
+    """JSON-able form of a mask (COCO RLE of its cropped pixels): what shards hand to the merge."""
+    rle = mask_utils.encode(np.asfortranarray(m.mask.astype(np.uint8)))
+    return {
+        "box": list(m.box),
+        "counts": rle["counts"].decode("ascii"),
+        "predicted_iou": m.predicted_iou,
+        "stability_score": m.stability_score,
+        "chips": list(m.chips),
+        "prompt_id": m.prompt_id,
+    }
+
+
+def mask_from_record(record: dict[str, Any]) -> SceneMask:
+    """Inverse of :func:`mask_to_record` (JSON numbers may come back as floats)."""
+    x0, y0, x1, y1 = (int(v) for v in record["box"])
+    rle = {"size": [y1 - y0, x1 - x0], "counts": record["counts"].encode("ascii")}
+    pid = record.get("prompt_id")
+    if isinstance(pid, float) and pid.is_integer():
+        pid = int(pid)
+    return SceneMask(
+        box=(x0, y0, x1, y1),
+        mask=mask_utils.decode(rle).astype(bool),
+        predicted_iou=float(record["predicted_iou"]),
+        stability_score=float(record["stability_score"]),
+        chips=tuple(int(c) for c in record["chips"]),
+        prompt_id=pid,
+    )
 
 
 def mask_box(mask: NDArray[np.bool_]) -> Box | None:

@@ -57,9 +57,10 @@ class SceneInfo:
 
 
 def _baseline(tags: dict[str, str]) -> str:
-    for key, value in tags.items():
-        if "processing_baseline" in key.lower():
-            return value
+    lowered = {k.lower(): v for k, v in tags.items()}
+    for key in ("processing_baseline", "s2:processing_baseline"):
+        if key in lowered:
+            return lowered[key]
     return "00.00"  # unknown: no harmonisation offset (pre-2022 behaviour)
 
 

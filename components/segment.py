@@ -107,6 +107,7 @@ def segment_chips(
     prompt_params: PromptParams | None = None,
     encoder: EncoderSettings | None = None,
     progress: Progress | None = None,
+    read_ahead: int = 2,
 ) -> tuple[list[SceneMask], RunStats]:
     """Masks of the given chips in scene coordinates, before the cross-chip merge."""
     started = time.perf_counter()
@@ -149,7 +150,7 @@ def segment_chips(
                 progress(done, len(todo))
         batch.clear()
 
-    for image in iter_chips(scene, todo, scaling):
+    for image in iter_chips(scene, todo, scaling, prefetch=read_ahead):
         if image.empty:
             stats.chips_nodata += 1
             stats.per_chip_masks[image.chip.index] = 0

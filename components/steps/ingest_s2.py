@@ -6,22 +6,22 @@ same code runs in unit tests, in ``kfp.local`` and in the image on a cluster.
 
 KFP parameters cannot be ``None``: empty strings and 0 mean "not given" here.
 
-The Planetary Computer key is deliberately not a parameter: pipeline parameters are
-stored in the KFP database and shown in its UI. Mount it from a Kubernetes secret as
-``PC_SDK_SUBSCRIPTION_KEY`` (``kfp.kubernetes.use_secret_as_env``); the library reads it
-from there.
+The Planetary Computer key belongs in a Kubernetes secret mounted as
+``PC_SDK_SUBSCRIPTION_KEY`` (``pipelines/kubernetes.py``): pipeline parameters are stored
+in the KFP database and shown in its UI. ``pc_key`` exists only because FarmVibes'
+workflows have it; it is empty by default and the library reads the environment.
 """
 
 from kfp import dsl
 
-from components.version import __version__
+from components.images import image
 
-BASE_IMAGE = f"ghcr.io/s2-sam-pipelines/s2sam-cpu:{__version__}"
+BASE_IMAGE = image("cpu")
 """The CPU runtime image of this version (built from ``images/``)."""
 
 
 # No ``from __future__ import annotations`` here: KFP reads the signature's real types.
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)  # type: ignore[untyped-decorator]
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def ingest_s2(
     geometry: str,
     scenes: dsl.Output[dsl.Dataset],
@@ -38,6 +38,8 @@ def ingest_s2(
     margin_m: float = 0.0,
     stac_url: str = "",
     collection: str = "sentinel-2-l2a",
+    schedule_time: str = "",
+    pc_key: str = "",
 ) -> int:
     """Ingest the clearest Sentinel-2 L2A scenes of an area.
 
@@ -60,29 +62,37 @@ def ingest_s2(
         margin_m: Ground around the area's bounds, in metres.
         stac_url: STAC API; default ``$S2SAM_STAC_URL`` or the Planetary Computer.
         collection: The collection searched.
+        schedule_time: The run's scheduled time (KFP's placeholder), used as the
+            reference time when ``reference_time`` is empty: each recurring run
+            then covers its own window, and a re-run the same one.
+        pc_key: Planetary Computer key (FarmVibes' parameter). Prefer the secret
+            ``PC_SDK_SUBSCRIPTION_KEY``: a value here is visible in the KFP UI.
 
     Returns:
         The number of scenes written.
     """
     from components.s2 import ingest_s2 as run
+    from components.workflow import report_step_errors, scheduled_reference
 
-    result = run(
-        geometry,
-        scenes.path,
-        start_date=start_date or None,
-        end_date=end_date or None,
-        lookback_days=lookback_days or None,
-        reference_time=reference_time or None,
-        bands=bands,
-        max_cloud_cover=max_cloud_cover,
-        max_roi_cloud_fraction=max_roi_cloud_fraction,
-        max_roi_nodata_fraction=max_roi_nodata_fraction,
-        strategy=strategy,
-        max_scenes=max_scenes,
-        margin_m=margin_m,
-        stac_url=stac_url or None,
-        collection=collection,
-    )
+    with report_step_errors("ingest_s2"):
+        result = run(
+            geometry,
+            scenes.path,
+            start_date=start_date or None,
+            end_date=end_date or None,
+            lookback_days=lookback_days or None,
+            reference_time=scheduled_reference(reference_time, schedule_time),
+            bands=bands,
+            max_cloud_cover=max_cloud_cover,
+            max_roi_cloud_fraction=max_roi_cloud_fraction,
+            max_roi_nodata_fraction=max_roi_nodata_fraction,
+            strategy=strategy,
+            max_scenes=max_scenes,
+            margin_m=margin_m,
+            stac_url=stac_url or None,
+            collection=collection,
+            pc_key=pc_key or None,
+        )
     scenes.metadata["acquisitions"] = [s.key for s in result.scenes]
     scenes.metadata["crs"] = result.grid.crs
     scenes.metadata["width"] = result.grid.width
