@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu,export,dev
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install test lint typecheck unit format run clean
+.PHONY: install test lint typecheck unit format run compile clean
 
 install: $(STAMP)
 
@@ -34,11 +34,15 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The main job: auto_segment_s2 over a small farm area, summer 2024, on this machine
+# (kfp.local). Exports and registers the official vit_b model on the first run.
 run: $(STAMP)
-	@echo "The main job (s2sam run auto-segment-s2: Planetary Computer ingest -> SAM -> merge)" >&2
-	@echo "is not built yet: it arrives with the pipelines issue. Built so far: the pure core" >&2
-	@echo "in components/ (chips, prompts, radiometry, amg, merge, vectorize) and 's2sam --version'." >&2
-	@exit 1
+	$(BIN)/s2sam run auto-segment-s2 --geometry examples/farm.geojson \
+		--start-date 2024-06-01 --end-date 2024-08-31 --ensure-model \
+		--output-dir out/auto_segment_s2
+
+compile: $(STAMP)
+	$(BIN)/s2sam compile
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info

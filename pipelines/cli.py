@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.commands.ingest",
     "pipelines.commands.models",
     "pipelines.commands.segment",
+    "pipelines.commands.pipeline",
 )
 """Modules that add subcommands: each has ``register(subparsers) -> None``, which adds
 its parser(s) with ``set_defaults(handler=...)``. Handlers import heavy dependencies

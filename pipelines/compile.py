@@ -1,0 +1,26 @@
+"""Compile the pipelines to the YAML that Kubeflow's UI and API take.
+
+The compiled files are checked in beside the code that makes them
+(``pipelines/compiled/``); a test fails when they are stale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kfp import compiler
+
+from pipelines.definitions import PIPELINES
+
+COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
+
+
+def compile_pipelines(output_dir: Path = COMPILED_DIR) -> list[Path]:
+    """Write ``<name>.yaml`` for every pipeline; returns the paths written."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, pipeline in PIPELINES.items():
+        path = output_dir / f"{name}.yaml"
+        compiler.Compiler().compile(pipeline, str(path))
+        written.append(path)
+    return written

@@ -1,0 +1,189 @@
+"""Both pipelines end to end on kfp.local: loopback STAC API, real Sentinel-2, MLflow model."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+gpd = pytest.importorskip("geopandas")
+rasterio = pytest.importorskip("rasterio")
+
+from components.registry import register_model  # noqa: E402
+from tests.fixtures.s2_world import real_roi  # noqa: E402
+
+S2SAM = Path(sys.executable).parent / "s2sam"
+EMPTY_PROMPTS = json.dumps({"type": "FeatureCollection", "features": []})
+DATES = ["--start-date", "2021-06-01", "--end-date", "2021-09-30", "--max-cloud-cover", "100"]
+
+
+def s2sam(*args):
+    return subprocess.run(
+        [S2SAM, *map(str, args)], capture_output=True, text=True, timeout=1200, env=os.environ
+    )
+
+
+@pytest.fixture
+def setup(real_stac, tiny_export, local_registry, tmp_path):
+    """An area inside the real sample, and the tiny model as the registry's champion."""
+    register_model(tiny_export, "sam-vit_tiny", "champion", alias_explicit=True)
+    area = tmp_path / "area.geojson"
+    area.write_text(json.dumps(real_roi()))
+    return real_stac, area
+
+
+def check_sinks(out: Path, mode: str):
+    run = json.loads((out / "run.json").read_text())
+    (scene,) = list((out / "s2_raster").glob("*.tif"))
+    assert (out / "s2_raster" / "manifest.json").is_file()
+    (acq,) = run["metadata"]["segmentation_mask"]["acquisitions"]
+    assert acq == "S2B_20210617_R022" and scene.stem == acq  # the clear June date
+    seg = out / "segmentation_mask" / acq / "segmentation.tif"
+    with rasterio.open(seg) as s, rasterio.open(scene) as ref:
+        assert s.crs == ref.crs and s.transform == ref.transform
+        assert (s.width, s.height) == (ref.width, ref.height)
+        assert s.tags()["s2sam_model_name"] == "sam-vit_tiny"
+        bands = s.read()
+    polygons = gpd.read_parquet(out / "polygons" / f"{acq}.parquet")
+    assert polygons.crs.to_epsg() == 32633
+    assert set(polygons["model_version"]) <= {"1"}
+    (metrics,) = run["metrics"].values()
+    assert metrics["model_version"] == 1.0 and metrics["scenes"] == 1.0
+    assert metrics["chips"] == 1.0  # 560 x 370 px: one padded chip
+    assert run["seconds"] > 0
+    return run, bands, polygons, scene
+
+
+def test_auto_segment_s2_end_to_end(setup, tmp_path):
+    stac, area = setup
+    out = tmp_path / "auto"
+    started = time.perf_counter()
+    result = s2sam(
+        "run", "auto-segment-s2", "--geometry", area, *DATES, "--stac-url", stac.url,
+        "--model-uri", "models:/sam-vit_tiny@champion", "--points-per-side", "4",
+        "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--chip-shards", "2",
+        "--output-dir", out,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    print(f"auto_segment_s2 local run: {seconds:.0f} s wall")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "auto-segment-s2 finished" in result.stdout
+    run, bands, polygons, _ = check_sinks(out, "automatic")
+    assert bands.dtype == np.uint32 and bands.shape[0] == 1
+    assert len(polygons) == run["metrics"][next(iter(run["metrics"]))]["polygons"]
+    for task in ("check-inputs", "ingest-s2", "resolve-model", "plan-chips", "merge-masks"):
+        assert f"task {task}: SUCCESS" in result.stderr  # per-task progress
+
+
+def test_segment_s2_end_to_end(setup, tmp_path):
+    stac, area = setup
+    # two clicks inside the area, in lon/lat (RFC 7946)
+    from pyproj import Transformer
+
+    to_lonlat = Transformer.from_crs(32633, 4326, always_xy=True)
+    clicks = [(360500.0, 5350000.0), (363500.0, 5351500.0)]
+    features = [
+        {
+            "type": "Feature",
+            "properties": {"label": 1, "prompt_id": f"field-{k}"},
+            "geometry": {"type": "Point", "coordinates": list(to_lonlat.transform(x, y))},
+        }
+        for k, (x, y) in enumerate(clicks)
+    ]
+    prompts = tmp_path / "prompts.geojson"
+    prompts.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    out = tmp_path / "prompted"
+    started = time.perf_counter()
+    result = s2sam(
+        "run", "segment-s2", "--geometry", area, "--prompts", prompts, *DATES,
+        "--stac-url", stac.url, "--model-uri", "models:/sam-vit_tiny@champion",
+        "--output-dir", out,
+    )  # fmt: skip
+    print(f"segment_s2 local run: {time.perf_counter() - started:.0f} s wall")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _run, bands, polygons, _scene = check_sinks(out, "prompted")
+    assert bands.shape[0] == 2 and bands.dtype == np.uint8
+    # one non-empty band per prompt (random weights: masks are blobs, not fields)
+    assert all(band.any() for band in bands)
+    assert list(polygons["prompt_id"]) == ["field-0", "field-1"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["segment-s2"], "segment_s2 needs prompts"),
+        (["auto-segment-s2", "--start-date", "2021-09-30", "--end-date", "2021-06-01"], "end"),
+        (["auto-segment-s2", "--model-uri", "models:/sam-vit_tiny@nope"], "no alias 'nope'"),
+    ],
+)
+def test_bad_input_fails_fast_with_a_clear_line(setup, tmp_path, args, message):
+    stac, area = setup
+    dates = [] if "--start-date" in args else DATES
+    started = time.perf_counter()
+    result = s2sam(
+        "run", *args[:1], "--geometry", area, *dates, *args[1:], "--stac-url", stac.url,
+        "--output-dir", tmp_path / "o",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert time.perf_counter() - started < 60
+    assert not (tmp_path / "o").exists()  # nothing started
+
+
+def test_invalid_geometry_is_rejected_before_any_work(setup, tmp_path):
+    stac, _ = setup
+    bowtie = {
+        "type": "Polygon",
+        "coordinates": [[[13.1, 48.3], [13.2, 48.4], [13.2, 48.3], [13.1, 48.4], [13.1, 48.3]]],
+    }
+    area = tmp_path / "bowtie.geojson"
+    area.write_text(json.dumps(bowtie))
+    result = s2sam(
+        "run", "auto-segment-s2", "--geometry", area, *DATES, "--stac-url", stac.url,
+        "--model-uri", "models:/sam-vit_tiny@champion", "--output-dir", tmp_path / "o",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "self-intersect" in result.stderr.lower() and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failing_task_surfaces_its_own_message(setup, tmp_path):
+    """Inside the pipeline (as from the Kubeflow UI): the task's line, not KFP's trace."""
+    from pipelines.local import PipelineFailed, run_pipeline
+
+    stac, area = setup
+    with pytest.raises(PipelineFailed, match=r"check_inputs: .*at least one prompt") as err:
+        run_pipeline(
+            "segment_s2",
+            {"geometry": area.read_text(), "prompts": EMPTY_PROMPTS,
+             "start_date": "2021-06-01", "end_date": "2021-09-30", "stac_url": stac.url},
+            tmp_path / "o",
+        )  # fmt: skip
+    assert "Traceback" not in str(err.value)
+
+
+def test_main_job_offline_stops_within_a_minute_naming_what_it_cannot_reach(tmp_path):
+    """`make run` on a machine without internet: no model yet, no STAC API reachable."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "S2SAM_"))}
+    env.update(
+        HOME=str(tmp_path), XDG_DATA_HOME="", XDG_CACHE_HOME="",
+        S2SAM_STAC_URL="http://127.0.0.1:9/api/stac/v1",  # the discard port: nothing listens
+    )  # fmt: skip
+    started = time.perf_counter()
+    result = subprocess.run(
+        [S2SAM, "run", "auto-segment-s2", "--geometry", repo / "examples" / "farm.geojson",
+         "--start-date", "2024-06-01", "--end-date", "2024-08-31", "--ensure-model",
+         "--output-dir", tmp_path / "out"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert time.perf_counter() - started < 60
+    assert result.returncode == 2
+    assert "cannot reach http://127.0.0.1:9/api/stac/v1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
