@@ -54,6 +54,50 @@ def build_pipelines(schedule_time: str) -> dict[str, Any]:
     placeholder, so local runs are built with an empty value: "now".
     """
 
+    def front(mode: str, p: dict[str, Any], check_extra: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """The first half of both pipelines: check -> (resolve model, ingest) -> plan."""
+        check = check_inputs(
+            mode=mode, geometry=p["geometry"], prompts=p.get("prompts", ""),
+            start_date=p["start_date"], end_date=p["end_date"],
+            lookback_days=p["lookback_days"], reference_time=p["reference_time"],
+            model_uri=p["model_uri"], spatial_overlap=p["spatial_overlap"],
+            chip_shards=p["chip_shards"], max_cloud_cover=p["max_cloud_cover"],
+            max_scenes=p["max_scenes"], band_names=p["band_names"], **check_extra,
+        ).set_display_name("check inputs")  # fmt: skip
+        model = resolve_model(model_uri=p["model_uri"], model_type=p["model_type"])
+        model.after(check).set_display_name("resolve model")
+        ingest = ingest_s2(
+            geometry=p["geometry"], start_date=p["start_date"], end_date=p["end_date"],
+            lookback_days=p["lookback_days"], reference_time=p["reference_time"],
+            bands=p["band_names"], max_cloud_cover=p["max_cloud_cover"],
+            max_scenes=p["max_scenes"], stac_url=p["stac_url"], schedule_time=schedule_time,
+            pc_key=p["pc_key"],
+        )  # fmt: skip
+        ingest.after(check).set_display_name("ingest Sentinel-2").set_retry(3)
+        plan = plan_chips(
+            scenes=ingest.outputs["scenes"], mode=mode, chip_size=model.outputs["chip_size"],
+            model_uri=model.outputs["pinned_uri"], prompts=p.get("prompts", ""),
+            spatial_overlap=p["spatial_overlap"], chip_shards=p["chip_shards"],
+            band_names=p["band_names"], band_scaling=p["band_scaling"],
+            band_offset=p["band_offset"],
+        ).set_display_name("plan chips")  # fmt: skip
+        return model, ingest, plan
+
+    def back(mode: str, p: dict[str, Any], model: Any, ingest: Any, segment: Any) -> Sinks:
+        """The second half of both pipelines: merge -> the sinks."""
+        merge = merge_masks(
+            scenes=ingest.outputs["scenes"], parts=dsl.Collected(segment.outputs["masks"]),
+            mode=mode, model_uri=model.outputs["pinned_uri"], prompts=p.get("prompts", ""),
+            spatial_overlap=p["spatial_overlap"], mask_nms_thr=p.get("mask_nms_thr", 0.5),
+            band_names=p["band_names"], band_scaling=p["band_scaling"],
+            band_offset=p["band_offset"],
+        ).set_display_name("merge masks")  # fmt: skip
+        return Sinks(
+            s2_raster=ingest.outputs["scenes"],
+            segmentation_mask=merge.outputs["segmentation_mask"],
+            polygons=merge.outputs["polygons"],
+        )
+
     @dsl.pipeline(
         name="segment-s2",
         description=(
@@ -109,44 +153,15 @@ def build_pipelines(schedule_time: str) -> dict[str, Any]:
             refine_iterations: Extra decoder passes that feed SAM's mask back as a prompt.
             stac_url: STAC API to search; empty: the Planetary Computer.
         """
-        check = check_inputs(
-            mode="prompted", geometry=geometry, prompts=prompts, start_date=start_date,
-            end_date=end_date, lookback_days=lookback_days, reference_time=reference_time,
-            model_uri=model_uri, spatial_overlap=spatial_overlap, chip_shards=chip_shards,
-            max_cloud_cover=max_cloud_cover, max_scenes=max_scenes, band_names=band_names,
-        ).set_display_name("check inputs")  # fmt: skip
-        model = resolve_model(model_uri=model_uri, model_type=model_type)
-        model.after(check).set_display_name("resolve model")
-        ingest = ingest_s2(
-            geometry=geometry, start_date=start_date, end_date=end_date,
-            lookback_days=lookback_days, reference_time=reference_time, bands=band_names,
-            max_cloud_cover=max_cloud_cover, max_scenes=max_scenes, stac_url=stac_url,
-            schedule_time=schedule_time, pc_key=pc_key,
-        )  # fmt: skip
-        ingest.after(check).set_display_name("ingest Sentinel-2").set_retry(3)
-        plan = plan_chips(
-            scenes=ingest.outputs["scenes"], mode="prompted", chip_size=model.outputs["chip_size"],
-            model_uri=model.outputs["pinned_uri"],
-            prompts=prompts, spatial_overlap=spatial_overlap, chip_shards=chip_shards,
-            band_names=band_names, band_scaling=band_scaling, band_offset=band_offset,
-        ).set_display_name("plan chips")  # fmt: skip
+        p = dict(locals())
+        model, ingest, plan = front("prompted", p, {})
         with dsl.ParallelFor(plan.output, name="shards") as shard:
             segment = segment_prompts(
                 scenes=ingest.outputs["scenes"], shard=shard, prompts=prompts,
                 refine_iterations=refine_iterations,
             )  # fmt: skip
             _gpu(segment.set_display_name("segment prompts"))
-        merge = merge_masks(
-            scenes=ingest.outputs["scenes"], parts=dsl.Collected(segment.outputs["masks"]),
-            mode="prompted", model_uri=model.outputs["pinned_uri"], prompts=prompts,
-            spatial_overlap=spatial_overlap, band_names=band_names, band_scaling=band_scaling,
-            band_offset=band_offset,
-        ).set_display_name("merge masks")  # fmt: skip
-        return Sinks(
-            s2_raster=ingest.outputs["scenes"],
-            segmentation_mask=merge.outputs["segmentation_mask"],
-            polygons=merge.outputs["polygons"],
-        )
+        return back("prompted", p, model, ingest, segment)
 
     @dsl.pipeline(
         name="auto-segment-s2",
@@ -227,55 +242,24 @@ def build_pipelines(schedule_time: str) -> dict[str, Any]:
             chip_shards: Chips are split into this many parallel inference tasks (GPU pods).
             stac_url: STAC API to search; empty: the Planetary Computer.
         """
-        check = check_inputs(
-            mode="automatic", geometry=geometry, start_date=start_date, end_date=end_date,
-            lookback_days=lookback_days, reference_time=reference_time, model_uri=model_uri,
-            spatial_overlap=spatial_overlap, mask_nms_thr=mask_nms_thr, chip_shards=chip_shards,
-            max_cloud_cover=max_cloud_cover, max_scenes=max_scenes, band_names=band_names,
-            points_per_side=points_per_side, n_crop_layers=n_crop_layers,
-            crop_overlap_ratio=crop_overlap_ratio,
-            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-            pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-            stability_score_offset=stability_score_offset, points_per_batch=points_per_batch,
-            chip_nms_thr=chip_nms_thr,
-        ).set_display_name("check inputs")  # fmt: skip
-        model = resolve_model(model_uri=model_uri, model_type=model_type)
-        model.after(check).set_display_name("resolve model")
-        ingest = ingest_s2(
-            geometry=geometry, start_date=start_date, end_date=end_date,
-            lookback_days=lookback_days, reference_time=reference_time, bands=band_names,
-            max_cloud_cover=max_cloud_cover, max_scenes=max_scenes, stac_url=stac_url,
-            schedule_time=schedule_time, pc_key=pc_key,
-        )  # fmt: skip
-        ingest.after(check).set_display_name("ingest Sentinel-2").set_retry(3)
-        plan = plan_chips(
-            scenes=ingest.outputs["scenes"], mode="automatic", chip_size=model.outputs["chip_size"],
-            model_uri=model.outputs["pinned_uri"],
-            spatial_overlap=spatial_overlap, chip_shards=chip_shards, band_names=band_names,
-            band_scaling=band_scaling, band_offset=band_offset,
-        ).set_display_name("plan chips")  # fmt: skip
+        p = dict(locals())
+        amg = {
+            "points_per_side": points_per_side, "n_crop_layers": n_crop_layers,
+            "crop_overlap_ratio": crop_overlap_ratio,
+            "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
+            "pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
+            "stability_score_offset": stability_score_offset,
+            "points_per_batch": points_per_batch, "chip_nms_thr": chip_nms_thr,
+        }  # fmt: skip
+        model, ingest, plan = front("automatic", p, {"mask_nms_thr": mask_nms_thr, **amg})
         with dsl.ParallelFor(plan.output, name="shards") as shard:
             segment = segment_auto(
-                scenes=ingest.outputs["scenes"], shard=shard, points_per_side=points_per_side,
-                n_crop_layers=n_crop_layers, crop_overlap_ratio=crop_overlap_ratio,
-                crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-                pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-                stability_score_offset=stability_score_offset, points_per_batch=points_per_batch,
-                chip_nms_thr=chip_nms_thr, min_mask_region_area=min_mask_region_area,
-                num_workers=num_workers, in_memory=in_memory,
+                scenes=ingest.outputs["scenes"], shard=shard, **amg,
+                min_mask_region_area=min_mask_region_area, num_workers=num_workers,
+                in_memory=in_memory,
             )  # fmt: skip
             _gpu(segment.set_display_name("segment automatically"))
-        merge = merge_masks(
-            scenes=ingest.outputs["scenes"], parts=dsl.Collected(segment.outputs["masks"]),
-            mode="automatic", model_uri=model.outputs["pinned_uri"],
-            spatial_overlap=spatial_overlap, mask_nms_thr=mask_nms_thr, band_names=band_names,
-            band_scaling=band_scaling, band_offset=band_offset,
-        ).set_display_name("merge masks")  # fmt: skip
-        return Sinks(
-            s2_raster=ingest.outputs["scenes"],
-            segmentation_mask=merge.outputs["segmentation_mask"],
-            polygons=merge.outputs["polygons"],
-        )
+        return back("automatic", p, model, ingest, segment)
 
     @dsl.pipeline(
         name="export-sam",
