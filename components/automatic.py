@@ -246,7 +246,10 @@ def generate_chip_masks(
         def encode(
             inputs: NDArray[np.uint8], boxes: list[tuple[int, int, int, int]]
         ) -> NDArray[np.float32]:
-            return model.encode(inputs)
+            step = model.default_batch_size  # vit_b needs ~3.5 GB per chip on a CPU
+            return np.concatenate(
+                [model.encode(inputs[k : k + step]) for k in range(0, len(inputs), step)]
+            )
 
     orig_h, orig_w = image.shape[:2]
     crop_boxes, layer_idxs = amg.generate_crop_boxes(

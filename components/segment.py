@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -68,7 +68,8 @@ class RunStats:
 class EncoderSettings:
     """How chips reach the encoder."""
 
-    batch_size: int = 2
+    batch_size: int = 0
+    """Chips per encoder call; 0: the model's default (1 on a CPU, 8 on a GPU)."""
     cache: EmbeddingCache | None = None
     scene_sha256: str | None = None
     """Needed for cache keys; without it the cache is not used."""
@@ -112,6 +113,8 @@ def segment_chips(
     """Masks of the given chips in scene coordinates, before the cross-chip merge."""
     started = time.perf_counter()
     encoder = encoder or EncoderSettings()
+    if encoder.batch_size < 1:
+        encoder = replace(encoder, batch_size=model.default_batch_size)
     amg_params = amg_params or AmgParams()
     calls_before = (model.encoder_calls, model.encoded_images, model.decoder_calls)
     hits_before = encoder.cache.hits if encoder.cache else 0

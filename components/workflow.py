@@ -59,7 +59,7 @@ def segment_raster(
     radiometry: RadiometryParams | None = None,
     spatial_overlap: float = 0.5,
     mask_nms_thr: float = 0.5,
-    encoder_batch_size: int = 2,
+    encoder_batch_size: int = 0,
     use_cache: bool = True,
     providers: Sequence[str] | None = None,
     progress: Progress | None = None,
@@ -72,8 +72,10 @@ def segment_raster(
         raise ValueError(f"mode must be 'automatic' or 'prompted', got {mode!r}")
     if not 0.0 <= mask_nms_thr <= 1.0:
         raise ValueError(f"mask_nms_thr must be in [0, 1], got {mask_nms_thr!r}")
-    if encoder_batch_size < 1:
-        raise ValueError(f"encoder_batch_size must be >= 1, got {encoder_batch_size}")
+    if encoder_batch_size < 0:
+        raise ValueError(
+            f"encoder_batch_size must be >= 0 (0: automatic), got {encoder_batch_size}"
+        )
     scene = open_scene(
         raster,
         band_names=radiometry.band_names,
@@ -329,7 +331,7 @@ def segment_shard(
     prompts: str = "",
     amg_params: AmgParams | None = None,
     prompt_params: PromptParams | None = None,
-    encoder_batch_size: int = 2,
+    encoder_batch_size: int = 0,
     use_cache: bool = True,
     read_ahead: int = 0,
     in_memory: bool = True,

@@ -22,7 +22,7 @@ def segment_auto(
     points_per_batch: int = 16,
     chip_nms_thr: float = 0.7,
     min_mask_region_area: int = 0,
-    encoder_batch_size: int = 4,
+    encoder_batch_size: int = 0,
     num_workers: int = 0,
     in_memory: bool = True,
 ) -> str:
@@ -71,7 +71,7 @@ def segment_prompts(
     prompts: str,
     masks: dsl.Output[dsl.Dataset],
     refine_iterations: int = 0,
-    encoder_batch_size: int = 4,
+    encoder_batch_size: int = 0,
 ) -> str:
     """One mask per prompt group in each of the shard's chips, with the shard's model.
 

@@ -85,7 +85,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model-type", default="vit_b", help="for the default model_uri")
     p.add_argument("--spatial-overlap", type=float, default=0.5)
     p.add_argument("--mask-nms-thr", type=float, default=0.5)
-    p.add_argument("--encoder-batch-size", type=int, default=2)
+    p.add_argument(
+        "--encoder-batch-size",
+        type=int,
+        default=0,
+        help="chips per encoder call (0: 1 on CPU, 8 on GPU)",
+    )
     p.add_argument("--refine-iterations", type=int, default=0, help="prompted mode refinement")
     p.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
     p.add_argument("--providers", type=_names, help="onnxruntime providers, best first")
