@@ -272,6 +272,12 @@ class SamModel:
         self._decoder_lowres = open_session(
             directory / graphs["decoder_lowres"]["file"], chosen, threads
         )
+        # models exported before the resampler existed fall back to numpy
+        self._upscale = (
+            open_session(directory / graphs["upscale"]["file"], chosen, threads)
+            if "upscale" in graphs
+            else None
+        )
         self.provider = self._encoder.get_providers()[0]
         self.io_binding = self.provider == "CUDAExecutionProvider"
         self.default_batch_size = 8 if self.io_binding else 1
@@ -375,5 +381,19 @@ class SamModel:
         (the resized image), then resize to the size of the image that was encoded.
         """
         s = self.image_size
-        up = resize_bilinear(low_res, s, s)[..., : input_size[0], : input_size[1]]
-        return resize_bilinear(up, *original_size)
+        up = self.resize(low_res, s, s)[..., : input_size[0], : input_size[1]]
+        return self.resize(up, *original_size)
+
+    def resize(self, logits: NDArray[np.float32], out_h: int, out_w: int) -> NDArray[np.float32]:
+        """Bilinear resampling of ``(..., h, w)`` logits, as ``F.interpolate`` does it."""
+        if logits.shape[-2:] == (out_h, out_w):
+            return logits
+        if self._upscale is None:
+            return resize_bilinear(logits, out_h, out_w)
+        lead = logits.shape[:-2]
+        flat = np.ascontiguousarray(logits, dtype=np.float32).reshape(-1, *logits.shape[-2:])
+        if flat.shape[0] == 0:
+            return np.zeros((*lead, out_h, out_w), np.float32)
+        size = np.array([out_h, out_w], dtype=np.int64)
+        out: NDArray[np.float32] = self._upscale.run(None, {"logits": flat, "size": size})[0]
+        return out.reshape(*lead, out_h, out_w)

@@ -50,6 +50,7 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 DECODER_LOWRES_FILE = "decoder_lowres.onnx"
 ENCODER_FP16_FILE = "encoder_fp16.onnx"
+UPSCALE_FILE = "upscale.onnx"
 
 
 class ExportError(RuntimeError):
@@ -224,6 +225,48 @@ def export_decoder(sam: Sam, arch: SamArchitecture, path: Path, upsample: bool) 
         },
         force_external_data=False,
     )
+
+
+def export_upscale(path: Path) -> None:
+    """Write the logits resampler: ``(N, h, w)`` + target ``(2,)`` -> ``(N, H, W)``.
+
+    The same ONNX ``Resize`` (linear, half-pixel) that ends ``decoder.onnx``, alone, so
+    automatic mode upsamples only the masks that pass its filters, on the decoder's
+    provider (the GPU, when there is one).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Shape", ["logits"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
+        helper.make_node("Concat", ["batch", "size"], ["sizes"], axis=0),
+        helper.make_node(
+            "Resize",
+            ["logits", "", "", "sizes"],
+            ["resized"],
+            mode="linear",
+            coordinate_transformation_mode="half_pixel",
+            antialias=0,
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "s2sam_upscale",
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["masks", "h", "w"]),
+            helper.make_tensor_value_info("size", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("resized", TensorProto.FLOAT, ["masks", "out_h", "out_w"])],
+        initializer=[
+            helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 9  # readable by every onnxruntime from 1.16 on
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
 
 
 # ---------------------------------------------------------------------------
@@ -456,6 +499,7 @@ def run_export(
         export_encoder(sam, arch, work / ENCODER_FILE, force_external_data)
         export_decoder(sam, arch, work / DECODER_FILE, upsample=True)
         export_decoder(sam, arch, work / DECODER_LOWRES_FILE, upsample=False)
+        export_upscale(work / UPSCALE_FILE)
         export_seconds = time.perf_counter() - started
         parity = [check_parity(sam, arch, work, tolerances=parity_tolerances, seed=parity_seed)]
         graphs: dict[str, Any] = {
@@ -464,6 +508,14 @@ def run_export(
             "decoder_lowres": {
                 "file": DECODER_LOWRES_FILE,
                 **decoder_contract(arch, upsample=False),
+            },
+            "upscale": {
+                "file": UPSCALE_FILE,
+                "inputs": {
+                    "logits": {"shape": ["masks", "h", "w"], "dtype": "float32"},
+                    "size": {"shape": [2], "dtype": "int64"},
+                },
+                "outputs": {"resized": {"shape": ["masks", "out_h", "out_w"], "dtype": "float32"}},
             },
         }
         if fp16:

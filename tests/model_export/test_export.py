@@ -26,7 +26,9 @@ TINY = ARCHITECTURES["vit_tiny"]
 
 def test_exported_directory_and_manifest(tiny_export):
     names = sorted(p.name for p in tiny_export.iterdir())
-    assert names == ["decoder.onnx", "decoder_lowres.onnx", "encoder.onnx", MANIFEST_NAME]
+    assert names == [
+        "decoder.onnx", "decoder_lowres.onnx", "encoder.onnx", MANIFEST_NAME, "upscale.onnx",
+    ]  # fmt: skip
     manifest = read_manifest(tiny_export)
     assert manifest["model_type"] == "vit_tiny"
     assert manifest["weights"] == {"kind": "random", "source": "seed=0", "sha256": None, "seed": 0}
@@ -86,6 +88,19 @@ def test_encoder_batches_and_decoder_takes_many_prompts(tiny_export):
     ious2, low2 = low.run(None, feeds)
     np.testing.assert_allclose(low2, low_res, atol=1e-5)
     np.testing.assert_allclose(ious2, ious, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1024, 1024), (512, 512), (700, 513)])
+def test_upscale_graph_is_torch_bilinear(tiny_export, shape):
+    from components.sam_runtime import SamModel
+
+    model = SamModel(tiny_export, read_manifest(tiny_export))
+    x = np.random.default_rng(0).normal(0, 5, (6, 256, 256)).astype(np.float32)
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(x[:, None]), shape, mode="bilinear", align_corners=False
+    )[:, 0].numpy()
+    np.testing.assert_allclose(model.resize(x, *shape), ref, atol=1e-3)
+    assert model.resize(x[:0], *shape).shape == (0, *shape)
 
 
 def test_batched_prompts_equal_the_reference_one_by_one(tiny_export):
