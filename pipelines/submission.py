@@ -440,9 +440,17 @@ class SinkUri:
 
 
 def sink_uris(client: KfpClient, package: PipelinePackage, run: Mapping[str, Any]) -> list[SinkUri]:
-    """The URIs of the pipeline's outputs (every task output if it declares none)."""
+    """The URIs of the pipeline's outputs.
+
+    Every task output instead when the pipeline declares no outputs, or when none of
+    them is found among the run's tasks (a backend that names tasks differently).
+    """
     tasks = (run.get("run_details") or {}).get("task_details") or []
-    wanted = {(s.task, s.output): s.name for s in package.sinks}
+    declared = {(s.task, s.output): s.name for s in package.sinks}
+    produced = {
+        (str(t.get("display_name", "")), output) for t in tasks for output in t.get("outputs") or {}
+    }
+    wanted = declared if declared.keys() & produced else {}
     found: list[SinkUri] = []
     for task in tasks:
         task_name = str(task.get("display_name", ""))

@@ -230,7 +230,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     package = load_package(resolve_package_path(args.pipeline))
     from_file = read_parameter_file(args.params) if args.params else {}
     parameters = build_parameters(package, from_file, parse_param_flags(args.param))
-    refuse_secrets_in_package(package)
+    refuse_secrets_in_package(package)  # before any request, with the parameters
     return package, parameters
 
 
@@ -365,7 +365,7 @@ def _schedule_list(args: argparse.Namespace) -> int:
                 describe_trigger(r.get("trigger") or {}),
                 str(r.get("max_concurrency", "-")),
                 "off" if r.get("no_catchup") else "on",
-                f"{params['lookback_days']}d" if "lookback_days" in params else "-",
+                _days(params.get("lookback_days")),
                 str(r.get("created_at", "-"))[:19],
             )
         )
@@ -402,6 +402,13 @@ def _schedule_resume(args: argparse.Namespace) -> int:
 @_handle_kfp_errors
 def _schedule_delete(args: argparse.Namespace) -> int:
     return _schedule_action(args, "delete")
+
+
+def _days(value: Any) -> str:
+    """A lookback as ``7d`` (KFP may give numbers back as floats)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:g}d"
+    return "-"
 
 
 def _say(message: str) -> None:

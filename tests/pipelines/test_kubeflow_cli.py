@@ -514,3 +514,15 @@ def test_intervals():
     for bad in ("soon", "10s", "1x"):
         with pytest.raises(submission.SubmitError):
             interval_seconds(bad)
+
+
+def test_sinks_fall_back_to_every_output_when_task_names_differ(kfp, capsys):
+    kfp.task_outputs = {"root-dag": {"segmentation_mask": "minio://mlpipeline/x/mask"}}
+    code = main(
+        [
+            "submit", "--host", kfp.url, "--pipeline", "auto_segment_s2",
+            "--param", f"geometry={GEOJSON}", "--wait", "--poll-interval", "0.01",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert "root-dag.segmentation_mask\tminio://mlpipeline/x/mask" in capsys.readouterr().out
