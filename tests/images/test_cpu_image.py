@@ -6,18 +6,13 @@ imports the runtime stack, and runs a KFP lightweight component exactly as the c
 pipeline's container command does (``python3 -m kfp.dsl.executor_main``), writing its
 output artifact under ``/minio`` as that user.
 
-Expensive (a Debian rootfs by debootstrap and a pip install from PyPI: minutes), so
-one session-scoped build; skipped with the reason where podman cannot run.
+Expensive (a Debian rootfs by debootstrap and a pip install from PyPI: minutes): the
+``cpu_image`` fixture (``tests/fixtures/podman.py``) builds once, in the background
+from the end of collection; skipped with the reason where podman cannot run.
 """
 
 # No ``from __future__ import annotations``: KFP reads the component's real types.
 import json
-import os
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kfp import dsl
@@ -25,70 +20,9 @@ from kfp import dsl
 from components.chips import chip_grid
 from components.images import REGISTRY_ENV, image
 from components.version import __version__
-from tests.fixtures.podman import (
-    REQUIRE_ENV,
-    Podman,
-    build_python_base,
-    podman_here,
-    unusable_reason,
-)
+from tests.fixtures.podman import TEST_REGISTRY
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[2]
-TEST_REGISTRY = "localhost/s2sam-test"
-BASE_TAG = "localhost/s2sam-test/python-base:debootstrap"
-
-
-@pytest.fixture(scope="session")
-def podman() -> Podman:
-    reason = unusable_reason()
-    if reason is not None:
-        if os.environ.get(REQUIRE_ENV):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return podman_here()
-
-
-@pytest.fixture(scope="session")
-def cpu_image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The CPU image built by ``make images`` on a debootstrapped Python base."""
-    workdir = tmp_path_factory.mktemp("podman")
-    started = time.monotonic()
-    base = build_python_base(podman, workdir, BASE_TAG)
-    base_s = time.monotonic() - started
-    env = {**os.environ, REGISTRY_ENV: TEST_REGISTRY}
-    flags = " ".join([*podman.run_flags, "--network", "host", "--layers=false"])
-    proc = subprocess.run(
-        [
-            "make",
-            "--no-print-directory",
-            "images",
-            "IMAGE_KINDS=cpu",
-            "CONTAINER_TOOL=podman",
-            f"CONTAINER_BUILD_FLAGS={flags}",
-            f"PYTHON_BASE={base}",
-            f"REGISTRY={TEST_REGISTRY}",
-            f"PYTHON={shutil.which('python3') or 'python3'}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        check=False,
-    )
-    tag = f"{TEST_REGISTRY}/s2sam-cpu:{__version__}"
-    try:
-        assert proc.returncode == 0, f"make images failed:\n{(proc.stdout + proc.stderr)[-5000:]}"
-        print(
-            f"\n[podman] base image (debootstrap + import) {base_s:.0f} s, "
-            f"CPU image build {time.monotonic() - started - base_s:.0f} s"
-        )
-        yield tag
-    finally:
-        podman("rmi", "--force", tag, BASE_TAG, check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_make_images_tags_with_the_package_version(cpu_image, monkeypatch):
