@@ -1,6 +1,7 @@
 # s2-sam-pipelines: one entry point for set-up, tests and the main job.
 #   make test   set up .venv (first time) and run lint, type checks and the test suite
 #   make run    set up .venv (first time) and run the main job
+#   make images build the container images (docker, else podman); REGISTRY=... make push
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu,export,dev
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install test lint typecheck unit format run compile clean
+.PHONY: install test lint typecheck unit format run compile clean images push
 
 install: $(STAMP)
 
@@ -46,3 +47,26 @@ compile: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+
+# --- container images (images/*.Dockerfile, context: this folder) --------------------
+# Tags come from components.images.image(kind): <registry>/s2sam-<kind>:<package version>.
+# REGISTRY overrides the registry (compile pipelines with the same S2SAM_IMAGE_REGISTRY).
+# PYTHON_BASE (cpu, export) and CUDA_BASE (gpu) override the pinned base images.
+CONTAINER_TOOL ?= $(shell if docker info >/dev/null 2>&1; then echo docker; \
+	elif command -v podman >/dev/null 2>&1; then echo podman; fi)
+CONTAINER_BUILD_FLAGS ?=
+IMAGE_KINDS ?= cpu gpu export
+REGISTRY ?=
+IMAGE_ENV := $(if $(REGISTRY),S2SAM_IMAGE_REGISTRY=$(REGISTRY))
+IMAGE_VERSION = $(shell $(PYTHON) -c 'from components.version import __version__; print(__version__)')
+image_ref = $(shell $(IMAGE_ENV) $(PYTHON) -c 'from components.images import image; print(image("$(1)"))')
+base_arg = $(if $(filter gpu,$(1)),$(if $(CUDA_BASE),--build-arg CUDA_BASE=$(CUDA_BASE)),$(if $(PYTHON_BASE),--build-arg PYTHON_BASE=$(PYTHON_BASE)))
+
+images:
+	@test -n "$(CONTAINER_TOOL)" || { echo "make images: neither a docker daemon nor podman found" >&2; exit 1; }
+	$(foreach kind,$(IMAGE_KINDS),DOCKER_BUILDKIT=1 $(CONTAINER_TOOL) build $(CONTAINER_BUILD_FLAGS) \
+		-f images/$(kind).Dockerfile --build-arg S2SAM_VERSION=$(IMAGE_VERSION) $(call base_arg,$(kind)) \
+		-t $(call image_ref,$(kind)) . &&) true
+
+push: images
+	$(foreach kind,$(IMAGE_KINDS),$(CONTAINER_TOOL) push $(call image_ref,$(kind)) &&) true

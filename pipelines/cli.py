@@ -21,6 +21,7 @@ class UserError(Exception):
 
 COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.commands.ingest",
+    "pipelines.commands.kubeflow",
     "pipelines.commands.models",
     "pipelines.commands.segment",
     "pipelines.commands.pipeline",

@@ -30,8 +30,9 @@ def shared_data() -> Path:
     return path
 
 
-# The loopback STAC API and COG host (session fixtures, started on first use).
-pytest_plugins = ["tests.fixtures.stac"]
+# The loopback STAC API and COG host (session fixtures, started on first use); podman
+# and the CPU image, built in the background once an image test is collected.
+pytest_plugins = ["tests.fixtures.stac", "tests.fixtures.podman"]
 
 
 @pytest.fixture(scope="session")
