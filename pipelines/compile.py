@@ -10,16 +10,23 @@ from pathlib import Path
 
 from kfp import compiler
 
-from pipelines.definitions import PIPELINES
+from pipelines.definitions import cluster_pipelines
+from pipelines.kubernetes import ClusterSettings
 
 COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
 
 
-def compile_pipelines(output_dir: Path = COMPILED_DIR) -> list[Path]:
-    """Write ``<name>.yaml`` for every pipeline; returns the paths written."""
+def compile_pipelines(
+    output_dir: Path = COMPILED_DIR, settings: ClusterSettings | None = None
+) -> list[Path]:
+    """Write ``<name>.yaml`` for every pipeline; returns the paths written.
+
+    ``settings``: the cluster's Kubernetes settings; default: the defaults, which is
+    what the checked-in files hold.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, pipeline in PIPELINES.items():
+    for name, pipeline in cluster_pipelines(settings).items():
         path = output_dir / f"{name}.yaml"
         compiler.Compiler().compile(pipeline, str(path))
         written.append(path)

@@ -15,6 +15,10 @@ FarmVibes parameters that mean nothing here are accepted and mapped: ``num_worke
 -> chips read ahead of the encoder; ``in_memory`` -> raster blocks kept in memory so
 overlapping chips read them once. ``pc_key`` works but is visible in the KFP UI:
 prefer the ``PC_SDK_SUBSCRIPTION_KEY`` secret.
+
+Kubernetes settings (GPU, tolerations, node selectors, resources, secrets, cache,
+retries, timeouts) come from :mod:`pipelines.kubernetes`: one call per task, with the
+task's resource profile. ``s2sam compile --settings FILE`` compiles a cluster's own copy.
 """
 
 from typing import Any, NamedTuple
@@ -28,6 +32,12 @@ from components.steps.merge_masks import merge_masks
 from components.steps.plan_chips import plan_chips
 from components.steps.resolve_model import resolve_model
 from components.steps.segment import segment_auto, segment_prompts
+from pipelines.kubernetes import (
+    ClusterSettings,
+    CpuTaskKind,
+    configure_cpu_task,
+    configure_inference_task,
+)
 
 
 class Sinks(NamedTuple):
@@ -38,21 +48,26 @@ class Sinks(NamedTuple):
     polygons: dsl.Dataset
 
 
-GPU = "nvidia.com/gpu"
-
-
-def _gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    return task.set_accelerator_type(GPU).set_accelerator_limit(1)
-
-
-def build_pipelines(schedule_time: str) -> dict[str, Any]:
+def build_pipelines(schedule_time: str, cluster: ClusterSettings | None) -> dict[str, Any]:
     """The three pipelines; ``schedule_time`` is what ingest takes as the scheduled time.
 
     On a cluster that is KFP's ``PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER``, so each
     recurring run's lookback window ends at its own scheduled time (KFP v2 does not
     expand v1's ``[[ScheduledTime]]`` macros). ``kfp.local`` cannot resolve that
-    placeholder, so local runs are built with an empty value: "now".
+    placeholder, so local runs are built with an empty value: "now". ``cluster``: the
+    Kubernetes settings written into the compiled YAML; ``None`` for ``kfp.local``,
+    which has no secrets, volumes or GPUs to request.
     """
+
+    def cpu(task: Any, kind: CpuTaskKind, **secrets: bool) -> Any:
+        if cluster is not None:
+            configure_cpu_task(task, cluster, kind=kind, **secrets)
+        return task
+
+    def inference(task: Any) -> Any:
+        if cluster is not None:
+            configure_inference_task(task, cluster)
+        return task
 
     def front(mode: str, p: dict[str, Any], check_extra: dict[str, Any]) -> tuple[Any, Any, Any]:
         """The first half of both pipelines: check -> (resolve model, ingest) -> plan."""
@@ -64,8 +79,9 @@ def build_pipelines(schedule_time: str) -> dict[str, Any]:
             chip_shards=p["chip_shards"], max_cloud_cover=p["max_cloud_cover"],
             max_scenes=p["max_scenes"], band_names=p["band_names"], **check_extra,
         ).set_display_name("check inputs")  # fmt: skip
+        cpu(check, "light")
         model = resolve_model(model_uri=p["model_uri"], model_type=p["model_type"])
-        model.after(check).set_display_name("resolve model")
+        cpu(model.after(check).set_display_name("resolve model"), "light", mlflow=True)
         ingest = ingest_s2(
             geometry=p["geometry"], start_date=p["start_date"], end_date=p["end_date"],
             lookback_days=p["lookback_days"], reference_time=p["reference_time"],
@@ -73,7 +89,7 @@ def build_pipelines(schedule_time: str) -> dict[str, Any]:
             max_scenes=p["max_scenes"], stac_url=p["stac_url"], schedule_time=schedule_time,
             pc_key=p["pc_key"],
         )  # fmt: skip
-        ingest.after(check).set_display_name("ingest Sentinel-2").set_retry(3)
+        cpu(ingest.after(check).set_display_name("ingest Sentinel-2"), "ingest")
         plan = plan_chips(
             scenes=ingest.outputs["scenes"], mode=mode, chip_size=model.outputs["chip_size"],
             model_uri=model.outputs["pinned_uri"], prompts=p.get("prompts", ""),
@@ -81,7 +97,7 @@ def build_pipelines(schedule_time: str) -> dict[str, Any]:
             band_names=p["band_names"], band_scaling=p["band_scaling"],
             band_offset=p["band_offset"],
         ).set_display_name("plan chips")  # fmt: skip
-        return model, ingest, plan
+        return model, ingest, cpu(plan, "light")
 
     def back(mode: str, p: dict[str, Any], model: Any, ingest: Any, segment: Any) -> Sinks:
         """The second half of both pipelines: merge -> the sinks."""
@@ -92,6 +108,7 @@ def build_pipelines(schedule_time: str) -> dict[str, Any]:
             band_names=p["band_names"], band_scaling=p["band_scaling"],
             band_offset=p["band_offset"],
         ).set_display_name("merge masks")  # fmt: skip
+        cpu(merge, "merge")
         return Sinks(
             s2_raster=ingest.outputs["scenes"],
             segmentation_mask=merge.outputs["segmentation_mask"],
@@ -160,7 +177,7 @@ def build_pipelines(schedule_time: str) -> dict[str, Any]:
                 scenes=ingest.outputs["scenes"], shard=shard, prompts=prompts,
                 refine_iterations=refine_iterations,
             )  # fmt: skip
-            _gpu(segment.set_display_name("segment prompts"))
+            inference(segment.set_display_name("segment prompts"))
         return back("prompted", p, model, ingest, segment)
 
     @dsl.pipeline(
@@ -258,7 +275,7 @@ def build_pipelines(schedule_time: str) -> dict[str, Any]:
                 min_mask_region_area=min_mask_region_area, num_workers=num_workers,
                 in_memory=in_memory,
             )  # fmt: skip
-            _gpu(segment.set_display_name("segment automatically"))
+            inference(segment.set_display_name("segment automatically"))
         return back("automatic", p, model, ingest, segment)
 
     @dsl.pipeline(
@@ -290,7 +307,7 @@ def build_pipelines(schedule_time: str) -> dict[str, Any]:
             model_type=model_type, checkpoint=checkpoint, random_weights=random_weights,
             seed=seed, fp16=fp16, alias=alias, model_name=model_name,
         ).set_display_name("export and register SAM")  # fmt: skip
-        return task.outputs["model"]
+        return cpu(task, "export").outputs["model"]
 
     return {
         "segment_s2": segment_s2,
@@ -299,9 +316,16 @@ def build_pipelines(schedule_time: str) -> dict[str, Any]:
     }
 
 
-PIPELINES = build_pipelines(dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER)
+def cluster_pipelines(settings: ClusterSettings | None = None) -> dict[str, Any]:
+    """The pipelines as compiled for a cluster with ``settings`` (default: the defaults)."""
+    return build_pipelines(
+        dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER, settings or ClusterSettings()
+    )
+
+
+PIPELINES = cluster_pipelines()
 """Pipelines by the name of their compiled file (``pipelines/compiled/<name>.yaml``)."""
-LOCAL_PIPELINES = build_pipelines("")
+LOCAL_PIPELINES = build_pipelines("", None)
 """The same pipelines for ``kfp.local``, which cannot resolve the scheduled-time placeholder."""
 segment_s2 = PIPELINES["segment_s2"]
 auto_segment_s2 = PIPELINES["auto_segment_s2"]

@@ -23,9 +23,9 @@ Resource defaults and why (peak RSS measured on 2 shared CPU cores, vit_b; READM
   250m, 512 MiB, 1 GiB limit.
 * ``merge``: the shard outputs and the scene's rasters, rendered window by window:
   1 CPU, 2 GiB request, 8 GiB limit.
-* ``inference``: one GPU. On CPU the automatic mode peaked at 5.2 GB for one 1024 px
-  chip and 8.5 GB for three (ONNX Runtime's arena holds the encoder's activations);
-  on a GPU those live in GPU memory and the host keeps the CUDA context, sessions
+* ``inference``: one GPU. On CPU the vit_b encoder peaks at 4.0 GB for one 1024 px
+  chip (its session runs without ONNX Runtime's CPU arena; 7.2 GB with it); on a GPU
+  the activations live in GPU memory and the host keeps the CUDA context, sessions
   and chips: 4 CPUs, 8 GiB request (fits small GPU nodes), 24 GiB limit.
 * ``export``: PyTorch + ONNX export with the parity check; vit_b peaked at 5.2 GB,
   vit_h (7x the weights) is estimated at 25-30 GB: 4 CPUs, 8 GiB request, 32 GiB limit.
@@ -255,10 +255,25 @@ class ClusterSettings:
             elif name == "timeouts_s":
                 kwargs[name] = _merge_table(base.timeouts_s, value, lambda _old, new: new)
             elif name in ("gpu_tolerations", "cpu_tolerations"):
-                kwargs[name] = tuple(Toleration(**t) for t in value)
+                if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
+                    raise ValueError(f"{name} must be a list of tolerations (key, operator, ...)")
+                try:
+                    kwargs[name] = tuple(Toleration(**t) for t in value)
+                except TypeError as err:
+                    raise ValueError(f"{name}: {err}") from None
             elif name in ("image_pull_secrets", "mlflow_credential_keys"):
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError(f"{name} must be a list of names")
                 kwargs[name] = tuple(value)
             else:
+                default = getattr(base, name)
+                kind = Mapping if isinstance(default, Mapping) else type(default)
+                if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
+                    raise ValueError(f"{name} must be of type {kind.__name__}, got {value!r}")
+                if kind is Mapping and not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+                ):
+                    raise ValueError(f"{name} must map label names to string values")
                 kwargs[name] = value
         return replace(base, **kwargs)
 

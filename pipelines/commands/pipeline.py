@@ -24,6 +24,14 @@ def register(subparsers: Any) -> None:
         "compile", help="compile the pipelines to KFP YAML (pipelines/compiled/)"
     )
     comp.add_argument("--output-dir", type=Path, help="default: the package's compiled/ folder")
+    comp.add_argument(
+        "--settings",
+        type=Path,
+        help=(
+            "cluster settings YAML/JSON (GPU labels, tolerations, secrets, resources; "
+            "default: $S2SAM_CLUSTER_SETTINGS, else the defaults); needs --output-dir"
+        ),
+    )
     comp.set_defaults(handler=_compile)
 
     run = subparsers.add_parser(
@@ -65,8 +73,18 @@ def register(subparsers: Any) -> None:
 
 def _compile(args: argparse.Namespace) -> int:
     from pipelines.compile import COMPILED_DIR, compile_pipelines
+    from pipelines.kubernetes import ClusterSettings, load_cluster_settings
 
-    for path in compile_pipelines(args.output_dir or COMPILED_DIR):
+    try:
+        settings = load_cluster_settings(args.settings)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if settings != ClusterSettings() and args.output_dir is None:
+        raise UserError(
+            "a cluster's own settings compile its own copy: give --output-dir "
+            "(the package's compiled/ folder keeps the defaults)"
+        )
+    for path in compile_pipelines(args.output_dir or COMPILED_DIR, settings):
         print(path)
     return 0
 

@@ -21,10 +21,10 @@ FARMVIBES = {
 }  # fmt: skip
 
 
-def load(path: Path) -> dict:
-    doc = yaml.safe_load(path.read_text())
-    doc.pop("sdkVersion", None)  # the kfp release that compiled it, not the pipeline
-    return doc
+def load(path: Path) -> list[dict]:
+    docs = list(yaml.safe_load_all(path.read_text()))
+    docs[0].pop("sdkVersion", None)  # the kfp release that compiled it, not the pipeline
+    return docs
 
 
 def test_checked_in_yaml_is_current(tmp_path):
@@ -38,7 +38,23 @@ def test_checked_in_yaml_is_current(tmp_path):
 
 @pytest.fixture(scope="module", params=sorted(PIPELINES))
 def spec(request):
-    return request.param, yaml.safe_load((COMPILED_DIR / f"{request.param}.yaml").read_text())
+    return request.param, load(COMPILED_DIR / f"{request.param}.yaml")[0]
+
+
+def kubernetes(name: str, path: Path = COMPILED_DIR) -> dict:
+    """The Kubernetes platform config of each executor (the YAML's second document)."""
+    docs = load(path / f"{name}.yaml")
+    assert len(docs) == 2, f"{name}.yaml has no platform spec"
+    return docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def env_secrets(config: dict) -> dict[str, tuple[str, bool]]:
+    """env var -> (secret name, optional) of one executor."""
+    return {
+        m["envVar"]: (ref["secretName"], ref["optional"])
+        for ref in config.get("secretAsEnv", [])
+        for m in ref["keyToEnv"]
+    }
 
 
 def executors(doc):
@@ -88,6 +104,7 @@ def test_ingest_retries_and_the_dag_shape(spec):
     assert deps["check-inputs"] == set()  # runs first: bad input fails before heavy work
     assert deps["resolve-model"] == deps["ingest-s2"] == {"check-inputs"}
     assert tasks["ingest-s2"]["retryPolicy"]["maxRetryCount"] == 3
+    assert tasks["ingest-s2"]["retryPolicy"]["backoffDuration"] == "60s"
     assert deps["plan-chips"] == {"ingest-s2", "resolve-model"}
     assert "parameterIterator" in tasks["for-loop-1"]  # the fan-out over chip shards
     assert deps["merge-masks"] == {"for-loop-1", "ingest-s2", "resolve-model"}
@@ -101,6 +118,68 @@ def test_ingest_retries_and_the_dag_shape(spec):
 
 
 def test_no_secret_in_compiled_yaml():
+    """Secrets are referenced by name (secretAsEnv), never set as values or parameters."""
     for path in COMPILED_DIR.glob("*.yaml"):
-        text = path.read_text().lower()
-        assert "subscription-key" not in text and "password" not in text
+        doc = load(path)[0]
+        for e in executors(doc).values():
+            names = {v["name"] for v in e["container"].get("env", [])}
+            assert not names & {"PC_SDK_SUBSCRIPTION_KEY", "MLFLOW_TRACKING_URI"}, path.name
+            assert not any("PASSWORD" in n or "TOKEN" in n for n in names), path.name
+        assert "subscription-key" not in path.read_text().lower()
+
+
+@pytest.mark.parametrize("name", ["segment_s2", "auto_segment_s2"])
+def test_kubernetes_settings_of_each_task(name):
+    k8s = kubernetes(name)
+    doc = load(COMPILED_DIR / f"{name}.yaml")[0]
+    inference = next(k for k in k8s if k.startswith("exec-segment-"))
+    gpu = k8s[inference]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}.items() <= (
+        gpu["tolerations"][0].items()
+    )
+    assert env_secrets(gpu)["MLFLOW_TRACKING_URI"] == ("s2sam-mlflow", False)
+    assert env_secrets(gpu)["MLFLOW_TRACKING_PASSWORD"] == ("s2sam-mlflow", True)
+    assert gpu["emptyDirMounts"][0]["mountPath"] == "/var/cache/s2sam"
+    resources = executors(doc)[inference]["container"]["resources"]
+    assert resources["resourceMemoryRequest"] == "8Gi" and resources["resourceCpuRequest"] == "4"
+    # Only ingest sees the Planetary Computer key, and only it may run without one.
+    assert env_secrets(k8s["exec-ingest-s2"]) == {
+        "PC_SDK_SUBSCRIPTION_KEY": ("s2sam-planetary-computer", True)
+    }
+    assert "MLFLOW_TRACKING_URI" in env_secrets(k8s["exec-resolve-model"])
+    for task in ("exec-check-inputs", "exec-plan-chips", "exec-merge-masks"):
+        assert env_secrets(k8s[task]) == {}, task
+        assert "tolerations" not in k8s[task], task
+    assert all(int(c["activeDeadlineSeconds"]) > 0 for c in k8s.values())
+    merge = executors(doc)["exec-merge-masks"]["container"]["resources"]
+    assert merge["resourceMemoryLimit"] == "8Gi"
+
+
+def test_compile_a_clusters_own_copy(tmp_path, capsys):
+    from pipelines.cli import main
+
+    settings = tmp_path / "cluster.yaml"
+    settings.write_text(
+        "gpu_node_selector: {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}\n"
+        "cache_pvc: s2sam-cache\n"
+        "resources: {inference: {memory_limit: 64Gi}}\n"
+    )
+    assert main(["compile", "--settings", str(settings)]) == 2
+    assert "--output-dir" in capsys.readouterr().err
+    out = tmp_path / "compiled"
+    assert main(["compile", "--settings", str(settings), "--output-dir", str(out)]) == 0
+    k8s = kubernetes("auto_segment_s2", out)
+    gpu = k8s["exec-segment-auto"]
+    assert gpu["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert gpu["pvcMount"][0]["mountPath"] == "/var/cache/s2sam"
+    assert "emptyDirMounts" not in gpu
+    doc = load(out / "auto_segment_s2.yaml")[0]
+    assert (
+        executors(doc)["exec-segment-auto"]["container"]["resources"]["resourceMemoryLimit"]
+        == "64Gi"
+    )
+    settings.write_text("gpu_tolerations: oops\n")
+    out2 = tmp_path / "bad"
+    assert main(["compile", "--settings", str(settings), "--output-dir", str(out2)]) == 2
+    assert "cluster settings file" in capsys.readouterr().err
+    assert not out2.exists()

@@ -209,3 +209,19 @@ def test_bad_settings_are_named(tmp_path, data, message):
 def test_missing_settings_file_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="No such file"):
         load_cluster_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ({"gpu_tolerations": "nvidia.com/gpu"}, "gpu_tolerations must be a list"),
+        ({"gpu_tolerations": [{"colour": "red"}]}, "gpu_tolerations:"),
+        ({"gpus_per_inference_task": "2"}, "gpus_per_inference_task must be of type int"),
+        ({"gpu_node_selector": "gpu=true"}, "gpu_node_selector must be of type Mapping"),
+        ({"gpu_node_selector": {"gpu": True}}, "label names to string values"),
+        ({"image_pull_secrets": "regcred"}, "image_pull_secrets must be a list"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_named(document, message):
+    with pytest.raises(ValueError, match=message):
+        ClusterSettings.from_mapping(document)
