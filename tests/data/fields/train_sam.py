@@ -1,0 +1,767 @@
+"""Train the ``vit_tiny`` SAM test fixture on synthetic field scenes, on CPU.
+
+Every step encodes one fresh scene (:func:`tests.data.fields.data.make_scene`, drawn in
+a background process) and decodes many prompts against its embedding, since the
+encoder is the expensive part:
+
+* single foreground points (SAM's ambiguous prompt): best-of-3 loss over the multimask
+  outputs;
+* boxes around a parcel or around two adjacent parcels, boxes with a point, and 2-3
+  point prompts with negative points in neighbours: the single-mask output;
+* refinement: a single-point prompt's chosen mask fed back as ``mask_input`` with a
+  corrective point sampled from its error (as SAM's interactive training does).
+
+The ground truth of a prompt is the union of the parcels it selects (every parcel the
+box frames to 90 %, plus those under positive points) minus the parcels under
+negative points. Masks are compared with it at the decoder's 256 x 256 resolution
+(soft targets: the parcel fraction of each 4 x 4 block). Loss per mask: class-balanced
+BCE + dice (positives weighted up to 30x at first, against the empty-mask collapse,
+annealed to unweighted so masks do not bloat), plus MSE of the IoU head against each
+mask's true IoU. The single-mask output also gets the loss for single points, and the
+multimask outputs (best-of-3) for every prompt, so every ``multimask_output`` choice a
+caller makes is trained. Dense auxiliary losses on the image embedding
+(:class:`AuxHeads`) and a mimetic initialisation of the attention
+(:func:`init_for_prompts`) make the model learn within an hour on a CPU. AdamW with
+linear warm-up and cosine decay, bfloat16 autocast; scenes get harder and parcels
+smaller over the first 40 % of the steps.
+
+Run from the repository root (README.md in this folder has the recorded run); it
+resumes from ``--work`` after an interruption and ends with the held-out evaluation::
+
+    python -m tests.data.fields.train_sam --steps 1200 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from model_export.architectures import ARCHITECTURES, build_sam
+from tests.data.fields.data import Scene, make_scene
+
+ARCH = ARCHITECTURES["vit_tiny"]
+IMAGE_SIZE = ARCH.image_size
+LOW_RES = ARCH.low_res_size
+SCALE = IMAGE_SIZE // LOW_RES
+CHECKPOINT = Path(__file__).with_name("sam_vit_tiny_fields.pt")
+HELD_OUT_SEEDS = tuple(range(100_000, 100_008))
+"""Evaluation scenes; training scenes use seeds below 100 000."""
+BOX_CONTAINS = 0.9
+"""A box selects every parcel with at least this fraction of its area inside it."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run."""
+
+    seed: int = 0
+    steps: int = 1200
+    lr: float = 1e-3
+    min_lr_fraction: float = 0.02
+    warmup_steps: int = 30
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    curriculum_fraction: float = 0.4
+    single_points: int = 16
+    two_points: int = 6
+    three_points: int = 4
+    boxes: int = 8
+    box_points: int = 6
+    refinements: int = 6
+    padded_fraction: float = 0.1
+    """Scenes smaller than a chip, padded with black like a short scene's chip."""
+    loss: str = "bce"
+    """``"bce"``: class-balanced BCE + dice; ``"focal"``: SAM's ``20 * focal + dice``."""
+    pos_weight_start: float = 30.0
+    """Largest weight of a mask's positive pixels in the balanced BCE (``neg / pos``,
+    capped), annealed geometrically to ``pos_weight_end`` over the first
+    ``pos_weight_fraction`` of the steps: a strong balance keeps the masks from
+    collapsing to empty early; it also makes them bloat (a pixel joins the mask at
+    probability ``1 / (1 + weight)``), so it ends unweighted."""
+    pos_weight_end: float = 1.0
+    pos_weight_fraction: float = 0.3
+    bf16: bool = True
+    """bfloat16 autocast (AMX on recent Xeons); losses stay in float32."""
+    attention_init: float = 2.0
+    """Scale of the position-aligned query/key init of the decoder's cross-attention
+    (0: segment_anything's default init; see :func:`init_for_prompts`)."""
+    single_mask_weight: float = 0.5
+    aux_weight: float = 1.0
+    """Dense auxiliary losses on the image embedding (see :class:`AuxHeads`)."""
+
+
+@dataclass
+class PromptGroup:
+    """Prompts with the same structure, decoded in one batch."""
+
+    points: NDArray[np.float32] | None  # (N, P, 2) pixel (x, y)
+    point_labels: NDArray[np.float32] | None  # (N, P) 1 fg, 0 bg
+    boxes: NDArray[np.float32] | None  # (N, 4) x0, y0, x1, y1 (inclusive pixel corners)
+    targets: NDArray[np.float16]  # (N, LOW_RES, LOW_RES) parcel fraction
+    kind: str
+
+
+@dataclass
+class TrainSample:
+    """One scene's image and prompt groups."""
+
+    rgb: NDArray[np.uint8]
+    labels: NDArray[np.uint32]
+    groups: list[PromptGroup] = field(default_factory=list)
+
+
+class ParcelIndex:
+    """Pixel lists, boxes and neighbours of a label map's parcels, for prompt sampling."""
+
+    def __init__(self, labels: NDArray[np.uint32]) -> None:
+        self.labels = labels
+        flat = labels.ravel()
+        n = int(flat.max())
+        self.order = np.argsort(flat, kind="stable")
+        counts = np.bincount(flat, minlength=n + 1)
+        self.start = np.concatenate([[0], np.cumsum(counts)])
+        self.area = counts
+        self.ids = np.flatnonzero(counts[1:]) + 1
+        self.slices = ndimage.find_objects(labels)
+        self.blocks = labels.reshape(LOW_RES, SCALE, LOW_RES, SCALE)
+        self.neighbours = _neighbours(labels, n)
+
+    def random_pixel(self, rng: np.random.Generator, label: int) -> tuple[int, int]:
+        """A uniformly drawn ``(x, y)`` pixel of a parcel."""
+        i = self.order[rng.integers(self.start[label], self.start[label + 1])]
+        return int(i % self.labels.shape[1]), int(i // self.labels.shape[1])
+
+    def bbox(self, labels: list[int]) -> tuple[int, int, int, int]:
+        """Inclusive ``(x0, y0, x1, y1)`` around parcels."""
+        boxes = [self.slices[lab - 1] for lab in labels]
+        x0 = min(b[1].start for b in boxes)
+        y0 = min(b[0].start for b in boxes)
+        x1 = max(b[1].stop for b in boxes) - 1
+        y1 = max(b[0].stop for b in boxes) - 1
+        return x0, y0, x1, y1
+
+    def framed(self, box: tuple[int, int, int, int]) -> set[int]:
+        """Parcels with at least ``BOX_CONTAINS`` of their area inside an inclusive box."""
+        x0, y0, x1, y1 = box
+        crop = self.labels[y0 : y1 + 1, x0 : x1 + 1]
+        inside = np.bincount(crop.ravel(), minlength=len(self.area))
+        ok = inside >= BOX_CONTAINS * np.maximum(self.area, 1)
+        ok[0] = False
+        return set(np.flatnonzero(ok).tolist())
+
+    def target(self, labels: set[int]) -> NDArray[np.float16]:
+        """Low-resolution soft mask: fraction of each block inside the parcels."""
+        if not labels:
+            return np.zeros((LOW_RES, LOW_RES), dtype=np.float16)
+        inside = np.isin(self.blocks, np.fromiter(labels, dtype=np.uint32))
+        return inside.mean(axis=(1, 3)).astype(np.float16)
+
+
+def _neighbours(labels: NDArray[np.uint32], n: int) -> list[list[int]]:
+    """Parcels within about 12 px of each parcel (across margins and roads)."""
+    low = labels[SCALE // 2 :: SCALE, SCALE // 2 :: SCALE].astype(np.int64)
+    codes = []
+    for dy in range(-3, 4):
+        for dx in range(-3, 4):
+            shifted = np.roll(low, (dy, dx), axis=(0, 1))
+            ok = (low > 0) & (shifted > 0) & (low != shifted)
+            codes.append(low[ok] * (n + 1) + shifted[ok])
+    pairs = np.unique(np.concatenate(codes))
+    out: list[list[int]] = [[] for _ in range(n + 1)]
+    for a, b in zip((pairs // (n + 1)).tolist(), (pairs % (n + 1)).tolist(), strict=True):
+        out[a].append(b)
+    return out
+
+
+def curriculum(cfg: TrainConfig, step: int) -> tuple[float, tuple[float, float]]:
+    """Scene difficulty and parcel size range at a step: easy and large first."""
+    t = min(1.0, step / max(1.0, cfg.curriculum_fraction * cfg.steps))
+    difficulty = 0.2 + 0.8 * t
+    return difficulty, (200.0 - 80.0 * t, 280.0 - 40.0 * t)
+
+
+def make_sample(cfg: TrainConfig, step: int) -> TrainSample:
+    """The scene and prompts of one training step (a function of config and step only)."""
+    rng = np.random.default_rng((cfg.seed, step))
+    difficulty, (size_lo, size_hi) = curriculum(cfg, step)
+    height = width = IMAGE_SIZE
+    if rng.random() < cfg.padded_fraction:
+        height, width = (int(v) for v in rng.integers(400, IMAGE_SIZE, 2))
+    scene = make_scene(
+        int(rng.integers(0, HELD_OUT_SEEDS[0])),
+        height,
+        width,
+        parcel_size=float(rng.uniform(size_lo, size_hi)),
+        difficulty=difficulty,
+    )
+    rgb, labels = pad_to_chip(scene)
+    index = ParcelIndex(labels)
+    weights = np.sqrt(index.area[index.ids].astype(np.float64))
+    weights /= weights.sum()
+
+    def pick() -> int:
+        return int(rng.choice(index.ids, p=weights))
+
+    def pick_pair() -> tuple[int, int]:
+        for _ in range(20):
+            a = pick()
+            if index.neighbours[a]:
+                return a, int(rng.choice(index.neighbours[a]))
+        return a, a
+
+    def jitter(box: tuple[int, int, int, int]) -> NDArray[np.float32]:
+        x0, y0, x1, y1 = box
+        noise = rng.normal(0.0, 0.1, 4) * np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0])
+        out = np.array(box, dtype=np.float64) + np.clip(noise, -20.0, 20.0)
+        return np.clip(out, 0, IMAGE_SIZE - 1).astype(np.float32)
+
+    sample = TrainSample(rgb=rgb, labels=labels)
+    # Single points (multimask): the parcel under the point.
+    pts, targets = [], []
+    for _ in range(cfg.single_points):
+        a = pick()
+        pts.append([index.random_pixel(rng, a)])
+        targets.append(index.target({a}))
+    sample.groups.append(_group(pts, [[1]] * len(pts), None, targets, "point"))
+    # Two and three points: positives in a (and maybe in a neighbour b), negatives in b.
+    for n_points, count in ((2, cfg.two_points), (3, cfg.three_points)):
+        pts, labs, targets = [], [], []
+        for _ in range(count):
+            a, b = pick_pair()
+            kind = "pos" if a == b else rng.choice(["pos", "neg", "both"], p=[0.35, 0.45, 0.2])
+            extra = [(a, 1)] * (n_points - 1)
+            if kind != "pos":
+                extra[0] = (b, 0 if kind == "neg" else 1)
+            chosen = {a, b} if kind == "both" else {a}
+            plist = [index.random_pixel(rng, a)] + [index.random_pixel(rng, p) for p, _ in extra]
+            llist = [1] + [lab for _, lab in extra]
+            pts.append(plist)
+            labs.append(llist)
+            targets.append(index.target(chosen))
+        sample.groups.append(_group(pts, labs, None, targets, f"{n_points}points"))
+    # Boxes: around one parcel or two adjacent ones; everything framed is the object.
+    boxes, targets = [], []
+    for _ in range(cfg.boxes):
+        parcels = list(pick_pair()) if rng.random() < 0.3 else [pick()]
+        clean = index.bbox(parcels)
+        boxes.append(jitter(clean))
+        targets.append(index.target(set(parcels) | index.framed(clean)))
+    sample.groups.append(_group(None, None, boxes, targets, "box"))
+    # Box + one point: a positive point in the parcel, or a negative one that removes
+    # the neighbour a two-parcel box frames.
+    pts, labs, boxes, targets = [], [], [], []
+    for _ in range(cfg.box_points):
+        if rng.random() < 0.6:
+            a, b = pick_pair()
+            clean = index.bbox([a, b])
+            chosen = ({a, b} | index.framed(clean)) - {b}
+            pts.append([index.random_pixel(rng, b)])
+            labs.append([0])
+        else:
+            a = pick()
+            clean = index.bbox([a])
+            chosen = {a} | index.framed(clean)
+            pts.append([index.random_pixel(rng, a)])
+            labs.append([1])
+        boxes.append(jitter(clean))
+        targets.append(index.target(chosen))
+    sample.groups.append(_group(pts, labs, boxes, targets, "box+point"))
+    return sample
+
+
+def pad_to_chip(scene: Scene) -> tuple[NDArray[np.uint8], NDArray[np.uint32]]:
+    """RGB and labels padded (black, label 0) to a full chip, as a short scene's chip is."""
+    rgb = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    labels = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint32)
+    rgb[: scene.height, : scene.width] = scene.rgb
+    labels[: scene.height, : scene.width] = scene.labels
+    return rgb, labels
+
+
+def _group(
+    points: list[Any] | None,
+    labels: list[Any] | None,
+    boxes: list[Any] | None,
+    targets: list[NDArray[np.float16]],
+    kind: str,
+) -> PromptGroup:
+    return PromptGroup(
+        points=None if points is None else np.asarray(points, dtype=np.float32),
+        point_labels=None if labels is None else np.asarray(labels, dtype=np.float32),
+        boxes=None if boxes is None else np.asarray(boxes, dtype=np.float32),
+        targets=np.stack(targets),
+        kind=kind,
+    )
+
+
+def samples(cfg: TrainConfig, start: int, prefetch: int = 3) -> Iterator[TrainSample]:
+    """Training samples from ``start`` on, made ahead in one background process."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        queue: list[Future[TrainSample]] = []
+        step = start
+        while True:
+            while len(queue) < prefetch and step < cfg.steps:
+                queue.append(pool.submit(make_sample, cfg, step))
+                step += 1
+            if not queue:
+                return
+            yield queue.pop(0).result()
+
+
+def normalise(model: torch.nn.Module, rgb: NDArray[np.uint8]) -> torch.Tensor:
+    """``(1, 3, 1024, 1024)`` encoder input, normalised as ``Sam.preprocess`` does."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    return (x - model.pixel_mean) / model.pixel_std
+
+
+def mask_losses(
+    logits: torch.Tensor, target: torch.Tensor, kind: str = "bce", pos_weight: float = 30.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mask loss and true IoU, each ``(N, K)``.
+
+    ``logits`` is ``(N, K, H, W)``; ``target`` ``(N, 1, H, W)`` soft masks in [0, 1].
+    """
+    p = torch.sigmoid(logits)
+    target_k = target.expand_as(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target_k, reduction="none")
+    if kind == "focal":
+        p_t = p * target + (1 - p) * (1 - target)
+        pixel = 20.0 * (ce * (1 - p_t) ** 2).mean(dim=(-2, -1))
+    elif kind == "bce":
+        positive = target.sum(dim=(-2, -1), keepdim=True)
+        ratio = (target[0, 0].numel() - positive) / positive.clamp(min=1.0)
+        weight = 1.0 + (ratio.clamp(1.0, pos_weight) - 1.0) * target
+        pixel = (weight * ce).sum(dim=(-2, -1)) / weight.sum(dim=(-2, -1))
+    else:
+        raise ValueError(f"unknown loss {kind!r}")
+    inter = (p * target).sum(dim=(-2, -1))
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1)) + 1)
+    with torch.no_grad():
+        pred = logits > 0
+        truth = target > 0.5
+        union = (pred | truth).sum(dim=(-2, -1)).float()
+        iou = (pred & truth).sum(dim=(-2, -1)).float() / union.clamp(min=1)
+        iou = torch.where(union > 0, iou, torch.ones_like(iou))
+    return pixel + dice, iou
+
+
+def decode(
+    model: torch.nn.Module,
+    embedding: torch.Tensor,
+    points: tuple[torch.Tensor, torch.Tensor] | None,
+    boxes: torch.Tensor | None,
+    mask_input: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All four mask outputs ``(N, 4, 256, 256)`` and IoU predictions ``(N, 4)``."""
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    return model.mask_decoder.predict_masks(
+        image_embeddings=embedding,
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+    )
+
+
+def group_loss(
+    cfg: TrainConfig,
+    logits: torch.Tensor,
+    iou_pred: torch.Tensor,
+    target: torch.Tensor,
+    pos_weight: float,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """Loss of one prompt group; also its metrics and the per-output true IoU."""
+    logits, iou_pred = logits.float(), iou_pred.float()
+    per_mask, iou = mask_losses(logits, target, cfg.loss, pos_weight)
+    best = per_mask[:, 1:].min(dim=1).values
+    loss_mask = best.mean() + cfg.single_mask_weight * per_mask[:, 0].mean()
+    loss_iou = F.mse_loss(iou_pred, iou)
+    iou_pred = iou_pred.detach()
+    chosen = iou_pred[:, 1:].argmax(dim=1, keepdim=True) + 1
+    metrics = {
+        "best3_iou": float(iou[:, 1:].max(dim=1).values.mean()),
+        "chosen_iou": float(iou.gather(1, chosen).mean()),
+        "single_iou": float(iou[:, 0].mean()),
+        "iou_mae": float((iou_pred - iou).abs().mean()),
+    }
+    return loss_mask + loss_iou, metrics, iou
+
+
+def refinement_prompts(
+    points: torch.Tensor,
+    logits: torch.Tensor,
+    iou_pred: torch.Tensor,
+    target: torch.Tensor,
+    n: int,
+    generator: torch.Generator,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Second-round prompts: first point, a corrective point from the error, the mask."""
+    points, logits, iou_pred, target = points[:n], logits[:n], iou_pred[:n], target[:n]
+    chosen = iou_pred[:, 1:].argmax(dim=1) + 1
+    mask_input = logits[torch.arange(len(logits)), chosen][:, None].detach()
+    pred = mask_input[:, 0] > 0
+    truth = target[:, 0] > 0.5
+    missed, extra = truth & ~pred, pred & ~truth
+    positive = missed.flatten(1).sum(1) >= extra.flatten(1).sum(1)
+    region = torch.where(positive[:, None, None], missed, extra)
+    region = torch.where(region.flatten(1).any(1)[:, None, None], region, truth)
+    weights = region.flatten(1).float() + 1e-12
+    pick = torch.multinomial(weights, 1, generator=generator)[:, 0]
+    xy = torch.stack([pick % LOW_RES, pick // LOW_RES], dim=1).float() * SCALE + SCALE // 2
+    new_points = torch.cat([points, xy[:, None]], dim=1)
+    labels = torch.cat([torch.ones(len(xy), 1), positive.float()[:, None]], dim=1)
+    return (new_points, labels), mask_input, target
+
+
+class AuxHeads(torch.nn.Module):
+    """Training-only heads on the image embedding (not part of the checkpoint).
+
+    They give the encoder a dense signal from the first step, which the prompt
+    losses alone give it only slowly: a projection whose patch embeddings are pulled
+    together within a parcel and apart across parcels (supervised contrastive loss
+    over pure patches), and where inside each 16 px patch the roads and margins run
+    (label 0 on a 4 x 4 sub-grid).
+    """
+
+    def __init__(self, channels: int, dim: int = 32, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.project = torch.nn.Conv2d(channels, dim, 1)
+        self.edges = torch.nn.Conv2d(channels, 16, 1)
+        self.temperature = temperature
+
+    def forward(
+        self, embedding: torch.Tensor, labels: NDArray[np.uint32], generator: torch.Generator
+    ) -> torch.Tensor:
+        """Contrastive + edge loss for one ``(1, C, 64, 64)`` embedding and its labels."""
+        grid = embedding.shape[-1]
+        sub = torch.from_numpy(labels[SCALE // 2 :: SCALE, SCALE // 2 :: SCALE].astype(np.int64))
+        sub = sub.reshape(grid, 4, grid, 4).permute(0, 2, 1, 3).reshape(grid * grid, 16)
+        edges = self.edges(embedding)[0].flatten(1).T
+        loss_edges = F.binary_cross_entropy_with_logits(edges, (sub == 0).float())
+        pure = torch.nonzero((sub.min(1).values == sub.max(1).values) & (sub[:, 0] > 0))[:, 0]
+        pure = pure[torch.randperm(len(pure), generator=generator)[:768]]
+        if len(pure) < 2:
+            return loss_edges
+        z = F.normalize(self.project(embedding)[0].flatten(1).T[pure], dim=1)
+        label = sub[pure, 0]
+        same = label[:, None] == label[None]
+        eye = torch.eye(len(pure), dtype=torch.bool)
+        logits = (z @ z.T / self.temperature).masked_fill(eye, -1e9)
+        log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        positives = same & ~eye
+        n_pos = positives.sum(1)
+        per_anchor = -(log_p * positives).sum(1) / n_pos.clamp(min=1)
+        return loss_edges + per_anchor[n_pos > 0].mean()
+
+
+def init_for_prompts(model: torch.nn.Module, scale: float) -> None:
+    """Mimetic initialisation: attention that compares positions and contents from step 0.
+
+    With segment_anything's default init, attention between the prompt tokens and the
+    image tokens is nearly uniform: a point's positional encoding and those of the
+    pixels around it barely correlate after two independent random projections, and
+    neither do their contents. Learning to localise and to compare then takes
+    thousands of steps in which every mask is empty or everything. As in mimetic
+    initialisation (Trockman and Kolter, 2023), every decoder cross-attention starts
+    with one orthonormal projection ``Q`` as query and key (times ``scale``), value
+    ``Q`` and output ``Q^T``: a point token first gathers the content around it, then
+    pixels with similar position and content attend to it. Encoder self-attention
+    starts with equal query and key projections (content-similarity attention). The
+    image embedding (neck LayerNorm gain) and point-label embeddings start at a tenth
+    of their default size so that they do not drown the positional terms. Only initial
+    values change: the architecture and the checkpoint format do not.
+    """
+    if scale <= 0:
+        return
+    with torch.no_grad():
+        for name, module in model.mask_decoder.transformer.named_modules():
+            if ("cross_attn" in name or "final_attn" in name) and hasattr(module, "q_proj"):
+                internal, dim = module.q_proj.weight.shape
+                q = torch.linalg.qr(torch.randn(dim, internal))[0].T
+                for proj, weight in (
+                    (module.q_proj, scale * q),
+                    (module.k_proj, scale * q),
+                    (module.v_proj, q),
+                    (module.out_proj, q.T),
+                ):
+                    proj.weight.copy_(weight)
+                    proj.bias.zero_()
+        for block in model.image_encoder.blocks:
+            dim = block.attn.proj.weight.shape[0]
+            q = torch.linalg.qr(torch.randn(dim, dim))[0]
+            block.attn.qkv.weight[:dim] = q
+            block.attn.qkv.weight[dim : 2 * dim] = q
+            block.attn.qkv.bias[: 2 * dim] = 0.0
+        model.image_encoder.neck[-1].weight.fill_(0.1)
+        for embedding in model.prompt_encoder.point_embeddings:
+            embedding.weight.mul_(0.1)
+        model.prompt_encoder.not_a_point_embed.weight.mul_(0.1)
+
+
+def pos_weight_at(cfg: TrainConfig, step: int) -> float:
+    """Positive-pixel weight cap at a step: geometric from start to end value."""
+    t = min(1.0, step / max(1.0, cfg.pos_weight_fraction * cfg.steps))
+    return float(cfg.pos_weight_start * (cfg.pos_weight_end / cfg.pos_weight_start) ** t)
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_fraction``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def step_loss(
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    aux: AuxHeads,
+    sample: TrainSample,
+    pos_weight: float,
+    generator: torch.Generator,
+    running: dict[str, list[float]],
+) -> torch.Tensor:
+    """Loss of one training step; appends its metrics to ``running``."""
+    embedding = model.image_encoder(normalise(model, sample.rgb))
+    total = torch.zeros(())
+    if cfg.aux_weight:
+        loss_aux = aux(embedding.float(), sample.labels, generator)
+        total = total + cfg.aux_weight * loss_aux
+        running.setdefault("aux", []).append(float(loss_aux.detach()))
+    n_prompts = sum(len(g.targets) for g in sample.groups) + cfg.refinements
+    for group in sample.groups:
+        points = None
+        if group.points is not None and group.point_labels is not None:
+            points = (torch.from_numpy(group.points), torch.from_numpy(group.point_labels))
+        boxes = None if group.boxes is None else torch.from_numpy(group.boxes)
+        target = torch.from_numpy(group.targets).float()[:, None]
+        logits, iou_pred = decode(model, embedding, points, boxes)
+        loss, metrics, _ = group_loss(cfg, logits, iou_pred, target, pos_weight)
+        total = total + loss * len(target) / n_prompts
+        for k, v in metrics.items():
+            running.setdefault(f"{group.kind}/{k}", []).append(v)
+        if group.kind == "point" and cfg.refinements and points is not None:
+            prompts, mask_input, ref_target = refinement_prompts(
+                points[0], logits.float(), iou_pred.float(), target, cfg.refinements, generator
+            )
+            logits2, iou2 = decode(model, embedding, prompts, None, mask_input)
+            loss2, metrics2, _ = group_loss(cfg, logits2, iou2, ref_target, pos_weight)
+            total = total + loss2 * cfg.refinements / n_prompts
+            for k, v in metrics2.items():
+                running.setdefault(f"refine/{k}", []).append(v)
+    return total
+
+
+def train(
+    cfg: TrainConfig, out: Path, work: Path, log_every: int = 10, reschedule: bool = False
+) -> None:
+    """Train, checkpointing to ``work`` every 50 steps (resumed from there), save ``out``.
+
+    ``reschedule`` lets a resumed run change ``steps`` only (the cosine decay is then
+    compressed into the remaining steps); every other setting must match the saved one.
+    """
+    torch.manual_seed(cfg.seed)
+    model = build_sam(ARCH)
+    init_for_prompts(model, cfg.attention_init)
+    model.train()
+    aux = AuxHeads(ARCH.prompt_embed_dim)
+    named = list(model.named_parameters()) + list(aux.named_parameters())
+    decay = [p for n, p in named if p.ndim >= 2 and "pos" not in n]
+    other = [p for n, p in named if p.ndim < 2 or "pos" in n]
+    optimiser = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other}],
+        lr=cfg.lr,
+        weight_decay=0.0,
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    state_path = work / "train_state.pt"
+    start, elapsed = 0, 0.0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        saved = dict(state["config"], steps=cfg.steps) if reschedule else state["config"]
+        if saved != asdict(cfg):
+            raise SystemExit(f"{state_path} is from another config; remove it to start over")
+        model.load_state_dict(state["model"])
+        aux.load_state_dict(state["aux"])
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"])
+        start, elapsed = state["step"], state["elapsed"]
+        print(f"resumed at step {start} of {cfg.steps}", flush=True)
+    t0 = time.time() - elapsed
+    running: dict[str, list[float]] = {}
+    for step, sample in enumerate(samples(cfg, start), start=start):
+        for g in optimiser.param_groups:
+            g["lr"] = cfg.lr * lr_factor(cfg, step)
+        pos_weight = pos_weight_at(cfg, step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            total = step_loss(cfg, model, aux, sample, pos_weight, generator, running)
+        optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimiser.step()
+        running.setdefault("loss", []).append(float(total.detach()))
+        done = step + 1
+        if done % log_every == 0 or done == cfg.steps:
+            line = {k: round(float(np.mean(v)), 4) for k, v in sorted(running.items())}
+            line.update(step=done, minutes=round((time.time() - t0) / 60, 2))
+            print(json.dumps(line), flush=True)
+            running.clear()
+        if done % 50 == 0 or done == cfg.steps:
+            state = {
+                "config": asdict(cfg),
+                "model": model.state_dict(),
+                "aux": aux.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "generator": generator.get_state(),
+                "step": done,
+                "elapsed": time.time() - t0,
+            }
+            torch.save(state, work / "train_state.tmp")
+            (work / "train_state.tmp").replace(state_path)
+    model.eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+    minutes = (time.time() - t0) / 60
+    print(f"saved {out} after {cfg.steps} steps, {minutes:.1f} min, sha256 {sha256(out)}")
+
+
+def sha256(path: Path) -> str:
+    """Hex digest of a file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_model(path: Path = CHECKPOINT) -> torch.nn.Module:
+    """The fixture checkpoint in a freshly built ``vit_tiny`` SAM (strict), eval mode."""
+    model = build_sam(ARCH)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
+
+
+def iou(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
+    """Intersection over union of two boolean masks (1 for two empty masks)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def evaluate(
+    model: torch.nn.Module, seeds: tuple[int, ...] = HELD_OUT_SEEDS, min_inradius: float = 8.0
+) -> dict[str, Any]:
+    """Held-out figures through ``segment_anything.SamPredictor`` (the reference).
+
+    For every parcel with ``inradius >= min_inradius``: a single foreground point at
+    its interior (multimask, the mask with the highest predicted IoU; also the best of
+    the three and the single-mask output), its box, the interior point plus a negative
+    point in a neighbour, and a two-parcel box with a negative point in the neighbour.
+    """
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(model)
+    scores: dict[str, list[float]] = {}
+    pred_iou, true_iou = [], []
+    n_parcels = 0
+    for seed in seeds:
+        scene = make_scene(seed)
+        index = ParcelIndex(scene.labels)
+        predictor.set_image(scene.rgb)
+        for parcel in scene.parcels:
+            if parcel.inradius < min_inradius:
+                continue
+            n_parcels += 1
+            truth = scene.mask(parcel.label)
+            point = np.array([parcel.interior], dtype=np.float64)
+            masks, ious, _ = predictor.predict(point, np.array([1]), multimask_output=True)
+            per = [iou(m, truth) for m in masks]
+            scores.setdefault("point", []).append(per[int(np.argmax(ious))])
+            scores.setdefault("point_best_of_3", []).append(max(per))
+            pred_iou.extend(ious.tolist())
+            true_iou.extend(per)
+            masks, _, _ = predictor.predict(point, np.array([1]), multimask_output=False)
+            scores.setdefault("point_single_mask", []).append(iou(masks[0], truth))
+            x0, y0, x1, y1 = parcel.bbox
+            box = np.array([x0, y0, x1 - 1, y1 - 1])
+            masks, _, _ = predictor.predict(box=box, multimask_output=False)
+            framed = np.isin(scene.labels, list(index.framed(tuple(box.tolist()))))
+            scores.setdefault("box", []).append(iou(masks[0], truth | framed))
+            neighbours = [
+                b for b in index.neighbours[parcel.label] if scene.parcels[b - 1].inradius >= 4
+            ]
+            if not neighbours:
+                continue
+            other = scene.parcels[neighbours[0] - 1]
+            pts = np.array([parcel.interior, other.interior], dtype=np.float64)
+            masks, _, _ = predictor.predict(pts, np.array([1, 0]), multimask_output=False)
+            scores.setdefault("point+negative", []).append(iou(masks[0], truth))
+            pair = index.bbox([parcel.label, other.label])
+            masks, _, _ = predictor.predict(
+                np.array([other.interior], dtype=np.float64),
+                np.array([0]),
+                box=np.array(pair),
+                multimask_output=False,
+            )
+            framed = np.isin(scene.labels, list(index.framed(pair) - {other.label}))
+            scores.setdefault("pair_box+negative", []).append(iou(masks[0], truth | framed))
+    out: dict[str, Any] = {"scenes": len(seeds), "parcels": n_parcels}
+    for name, values in scores.items():
+        arr = np.asarray(values)
+        out[name] = {
+            "miou": round(float(arr.mean()), 4),
+            "iou>=0.8": round(float((arr >= 0.8).mean()), 4),
+            "n": len(arr),
+        }
+    p, t = np.asarray(pred_iou), np.asarray(true_iou)
+    out["iou_head"] = {
+        "mae": round(float(np.abs(p - t).mean()), 4),
+        "corr": round(float(np.corrcoef(p, t)[0, 1]), 4),
+    }
+    return out
+
+
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.lower() in ("true", "1")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: train (resumable), then evaluate on the held-out scenes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=CHECKPOINT)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sam_fields_train"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument(
+        "--reschedule", action="store_true", help="resume with a different --steps"
+    )
+    for f in TrainConfig.__dataclass_fields__.values():
+        kind = _flag if isinstance(f.default, bool) else type(f.default)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__})
+    if not args.evaluate_only:
+        args.work.mkdir(parents=True, exist_ok=True)
+        print(json.dumps({"config": asdict(cfg), "arch": ARCH.to_dict()}), flush=True)
+        train(cfg, args.out, args.work, reschedule=args.reschedule)
+    t0 = time.time()
+    with torch.no_grad():
+        report = evaluate(load_model(args.out))
+    report["eval_minutes"] = round((time.time() - t0) / 60, 2)
+    print(json.dumps({"held_out": report}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
