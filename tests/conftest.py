@@ -47,6 +47,19 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def fields_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SAM trained on synthetic fields (tests/data/fields), through the real export path."""
+    pytest.importorskip("torch", reason="model export needs the [export] extra (torch)")
+    pytest.importorskip("segment_anything", reason="model export needs segment-anything")
+    from model_export.export import run_export
+    from tests.data.fields.train_sam import CHECKPOINT
+
+    out = tmp_path_factory.mktemp("fields") / "model"
+    run_export("vit_tiny", out, checkpoint=CHECKPOINT)
+    return out
+
+
 @pytest.fixture
 def local_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh embedded MLflow store (sqlite) and model cache, as on a new laptop."""

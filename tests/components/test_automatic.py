@@ -13,14 +13,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
 pytest.importorskip("cv2", reason="the reference's small-region removal needs OpenCV")
 
-from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
-
 from components.automatic import AmgParams, generate_chip_masks  # noqa: E402
 from components.registry import read_manifest  # noqa: E402
 from components.sam_runtime import SamModel  # noqa: E402
 from model_export.architectures import ARCHITECTURES  # noqa: E402
 from model_export.export import parity_images  # noqa: E402
 from model_export.weights import random_sam  # noqa: E402
+from tests.fixtures.sam_reference import assert_same_masks  # noqa: E402
+from tests.fixtures.sam_reference import reference_amg as reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,47 +28,6 @@ def models(tiny_export):
     return SamModel(tiny_export, read_manifest(tiny_export)), random_sam(
         ARCHITECTURES["vit_tiny"], 0
     )
-
-
-def reference(sam, image, p: AmgParams):
-    generator = SamAutomaticMaskGenerator(
-        sam,
-        points_per_side=p.points_per_side,
-        points_per_batch=p.points_per_batch,
-        pred_iou_thresh=p.pred_iou_thresh,
-        stability_score_thresh=p.stability_score_thresh,
-        stability_score_offset=p.stability_score_offset,
-        box_nms_thresh=p.chip_nms_thr,
-        crop_n_layers=p.n_crop_layers,
-        crop_nms_thresh=p.crop_nms_thr,
-        crop_overlap_ratio=p.crop_overlap_ratio,
-        crop_n_points_downscale_factor=p.crop_n_points_downscale_factor,
-        min_mask_region_area=p.min_mask_region_area,
-    )
-    with torch.no_grad():
-        return generator.generate(image)
-
-
-def assert_same_masks(ours, ref):
-    assert len(ours) == len(ref)
-    ref_masks = np.stack([r["segmentation"] for r in ref])
-    ref_iou = np.array([r["predicted_iou"] for r in ref])
-    ref_stab = np.array([r["stability_score"] for r in ref])
-    used = set()
-    for k in range(len(ours)):
-        inter = (ref_masks & ours.masks[k]).sum((1, 2))
-        union = (ref_masks | ours.masks[k]).sum((1, 2))
-        iou = inter / np.maximum(union, 1)
-        # among equally good matches take the one with the closest predicted IoU
-        candidates = np.flatnonzero(iou >= iou.max() - 1e-9)
-        j = int(candidates[np.argmin(np.abs(ref_iou[candidates] - ours.predicted_iou[k]))])
-        assert iou[j] >= 0.99
-        assert ours.predicted_iou[k] == pytest.approx(ref_iou[j], abs=1e-4)
-        assert ours.stability_score[k] == pytest.approx(ref_stab[j], abs=2e-3)
-        x, y, w, h = ref[j]["bbox"]
-        assert np.abs(ours.boxes[k] - [x, y, x + w, y + h]).max() <= 1
-        used.add(j)
-    assert len(used) == len(ref)  # a one-to-one match
 
 
 def image(seed):

@@ -743,9 +743,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/sam_fields_train"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--evaluate-only", action="store_true")
-    parser.add_argument(
-        "--reschedule", action="store_true", help="resume with a different --steps"
-    )
+    parser.add_argument("--reschedule", action="store_true", help="resume with a different --steps")
     for f in TrainConfig.__dataclass_fields__.values():
         kind = _flag if isinstance(f.default, bool) else type(f.default)
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
