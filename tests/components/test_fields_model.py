@@ -38,12 +38,11 @@ MIN_INRADIUS = 8.0
 RECALL_MIN_AREA = 2000
 """Automatic recall counts parcels of at least this many pixels (20 ha at 10 m)."""
 # Measured on the committed checkpoint (README), floors a little below.
-POINT_MIOU_FLOOR = 0.0
-POINT_RIGHT_PARCEL_FLOOR = 0.0
-AMG_RECALL_FLOOR = 0.0
+POINT_MIOU_FLOOR = 0.40  # measured 0.444 on 41 parcels
+POINT_RIGHT_PARCEL_FLOOR = 0.9  # measured 0.976
+AMG_RECALL_FLOOR = 0.6  # measured 0.692 of 39 parcels
 SEAM_CROSSINGS_FLOOR = 5
 PROMPTED_RIGHT_PARCEL_FLOOR = 0.5
-SEAM_WHOLE_FLOOR = 0.0
 AMG = AmgParams(points_per_side=16, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
 
@@ -265,51 +264,75 @@ def seam_run(fields_export, tmp_path_factory):
     return scene, result
 
 
+def match_iou(m, truth: np.ndarray, area: int) -> float:
+    """IoU of a merged (box-cropped) mask with a ground-truth parcel of ``area`` px."""
+    mx0, my0, mx1, my1 = m.box
+    inter = np.count_nonzero(m.mask & truth[my0:my1, mx0:mx1])
+    return inter / (m.area + area - inter)
+
+
 def best_match(masks: list, truth: np.ndarray, area: int) -> tuple[float, object]:
     """The merged mask with the highest IoU with a ground-truth parcel."""
     best = (0.0, None)
     for m in masks:
-        mx0, my0, mx1, my1 = m.box
-        inter = np.count_nonzero(m.mask & truth[my0:my1, mx0:mx1])
-        if inter:
-            best = max(best, (inter / (m.area + area - inter), m), key=lambda b: b[0])
+        score = match_iou(m, truth, area)
+        if score > best[0]:
+            best = (score, m)
     return best
 
 
-def test_parcels_across_seams_come_out_whole(seam_run):
-    """A parcel that crosses a chip seam is found by one mask that covers it on both
-    sides of the seam, not by the piece one chip saw."""
+def covers_both_halves(mask, truth: np.ndarray, axis: str, at: int) -> bool:
+    """Whether ``mask`` covers at least half of ``truth`` on each side of a line."""
+    full = np.zeros_like(truth)
+    mx0, my0, mx1, my1 = mask.box
+    full[my0:my1, mx0:mx1] = mask.mask
+    side = np.zeros_like(truth)
+    if axis == "col":
+        side[:, at:] = True
+    else:
+        side[at:, :] = True
+    halves = (truth & ~side, truth & side)
+    return all(np.count_nonzero(full & h) >= 0.5 * np.count_nonzero(h) for h in halves)
+
+
+def test_parcels_across_seams_come_out_whole_and_once(seam_run):
+    """A parcel that crosses a chip seam is found by a mask the seam did not cut (one
+    chip's complete mask, or fragments stitched across the seam), and the masks that
+    match it overlap no more than the NMS threshold allows: it is not found twice."""
     scene, result = seam_run
     masks = result.segmentation.masks
     grid = result.segmentation.grid
     assert grid.shape == (3, 3)  # 1800 x 2300 px at overlap >= 0.25: 3 x 3 chips
     seams = [("col", s) for s in grid.col_boundaries[1:-1]]
     seams += [("row", s) for s in grid.row_boundaries[1:-1]]
-    crossings, whole = 0, 0
+    across: list[bool] = []
+    inside: list[bool] = []
     for p in scene.parcels:
         x0, y0, x1, y1 = p.bbox
-        for axis, s in seams:
-            lo, hi = (x0, x1) if axis == "col" else (y0, y1)
-            if not lo + 8 <= s <= hi - 8:
-                continue
-            truth = scene.mask(p.label)
-            score, m = best_match(masks, truth, p.area)
-            if m is None or score < 0.5:
-                continue  # not found: recall is measured above
-            crossings += 1
-            full = np.zeros_like(truth)
-            mx0, my0, mx1, my1 = m.box
-            full[my0:my1, mx0:mx1] = m.mask
-            side = np.zeros_like(truth)
-            if axis == "col":
-                side[:, s:] = True
-            else:
-                side[s:, :] = True
-            halves = (truth & ~side, truth & side)
-            whole += all(np.count_nonzero(full & h) >= 0.5 * np.count_nonzero(h) for h in halves)
-    print(f"{crossings} parcel/seam crossings found, {whole} whole")
-    assert crossings >= SEAM_CROSSINGS_FLOOR
-    assert whole / crossings >= SEAM_WHOLE_FLOOR
+        lines = [
+            (axis, s)
+            for axis, s in seams
+            if (x0 + 8 <= s <= x1 - 8 if axis == "col" else y0 + 8 <= s <= y1 - 8)
+        ]
+        truth = scene.mask(p.label)
+        score, m = best_match(masks, truth, p.area)
+        if m is None or score < 0.5:
+            continue  # not found: recall is measured above
+        if not lines:
+            inside.append(covers_both_halves(m, truth, "col", (x0 + x1) // 2))
+            continue
+        across += [covers_both_halves(m, truth, axis, s) for axis, s in lines]
+        cut = touches_inner_edge(m.box, grid[m.chip_index], grid, 4)
+        assert len(m.chips) > 1 or not cut, (p.label, m.box, m.chips)
+        matches = [k for k in masks if match_iou(k, truth, p.area) >= 0.5]
+        for i, a in enumerate(matches):
+            for b in matches[i + 1 :]:
+                assert mask_iou(a, b) <= 0.5, (p.label, a.chips, b.chips)
+    # reported, not asserted: how often the found mask covers the parcel on both sides
+    # of the seam vs of a line through a parcel inside one chip (the model is sloppy)
+    print(f"whole across seams {np.mean(across):.2f} of {len(across)}, "
+          f"inside one chip {np.mean(inside):.2f} of {len(inside)}")  # fmt: skip
+    assert len(across) >= SEAM_CROSSINGS_FLOOR
 
 
 def test_no_cut_copy_survives_beside_a_whole_mask(seam_run):
