@@ -113,6 +113,65 @@ def test_segment_s2_end_to_end(setup, tmp_path):
     assert list(polygons["prompt_id"]) == ["field-0", "field-1"]
 
 
+def test_segment_s2_marks_the_clicked_fields(stac, fields_export, local_registry, tmp_path):
+    """segment_s2 on the synthetic field scene (served like real L2A, no shared data
+    needed) with the trained field model: each click's band is 1 under the click and
+    covers most of the clicked parcel."""
+    from pyproj import Transformer
+
+    from tests.fixtures.s2_world import FIELDS_ORIGIN, fields_scene, rect_geojson
+
+    register_model(fields_export, "sam-fields", "champion", alias_explicit=True)
+    scene = fields_scene()
+    left, top = FIELDS_ORIGIN
+    # the area: the scene less a 500 m margin (ingest crops to it)
+    bounds = (left + 500, top - 10 * 1300 + 500, left + 10 * 1500 - 500, top - 500)
+    area = tmp_path / "area.geojson"
+    area.write_text(
+        json.dumps({"type": "Feature", "properties": {}, "geometry": rect_geojson(bounds)})
+    )
+    to_lonlat = Transformer.from_crs(32633, 4326, always_xy=True)
+    chosen = [
+        p for p in scene.parcels
+        if p.inradius >= 15 and 60 < p.interior[0] < 1440 and 60 < p.interior[1] < 1240
+    ][:3]  # fmt: skip
+    features = []
+    for p in chosen:
+        x, y = rasterio.transform.xy(scene.transform, p.interior[1], p.interior[0])
+        features.append(
+            {
+                "type": "Feature",
+                "properties": {"label": 1, "prompt_id": f"parcel-{p.label}"},
+                "geometry": {"type": "Point", "coordinates": list(to_lonlat.transform(x, y))},
+            }
+        )
+    prompts = tmp_path / "prompts.geojson"
+    prompts.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    out = tmp_path / "fields"
+    started = time.perf_counter()
+    result = s2sam(
+        "run", "segment-s2", "--geometry", area, "--prompts", prompts,
+        "--start-date", "2022-07-01", "--end-date", "2022-07-31", "--stac-url", stac.url,
+        "--model-uri", "models:/sam-fields@champion", "--output-dir", out,
+    )  # fmt: skip
+    print(f"segment_s2 on the field scene: {time.perf_counter() - started:.0f} s wall")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (seg,) = list((out / "segmentation_mask").glob("*/segmentation.tif"))
+    with rasterio.open(seg) as src:
+        assert src.descriptions == tuple(f"mask_prompt_parcel-{p.label}" for p in chosen)
+        bands = src.read().astype(bool)
+        # the output grid is the scene's grid, cropped to the area
+        col0 = round((src.transform.c - scene.transform.c) / 10)
+        row0 = round((scene.transform.f - src.transform.f) / 10)
+        assert (col0, row0) == (50, 50) and src.transform.a == 10.0
+        labels = scene.labels[row0 : row0 + src.height, col0 : col0 + src.width]
+    for p, band in zip(chosen, bands, strict=True):
+        col, row = p.interior
+        assert band[row - row0, col - col0], p.label
+        inside = labels == p.label
+        assert np.count_nonzero(band & inside) >= 0.5 * np.count_nonzero(inside), p.label
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
