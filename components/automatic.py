@@ -212,12 +212,9 @@ def process_crop(
                 np.tile(np.asarray(crop_box, np.int64), (int(keep.sum()), 1)),
             )
         )
-    data = ChipMasks.concat(parts, crop_h, crop_w)
-    if len(data) == 0:
+    if not parts:
         return ChipMasks.empty(orig_h, orig_w)
-    data = data.subset(
-        amg.nms(data.boxes.astype(np.float32), data.predicted_iou, params.chip_nms_thr)
-    )
+    data = _nms_parts(parts, params.chip_nms_thr)
     return ChipMasks(
         amg.uncrop_masks(data.masks, crop_box, orig_h, orig_w),
         amg.uncrop_boxes_xyxy(data.boxes, crop_box),
@@ -225,6 +222,31 @@ def process_crop(
         data.stability_score,
         amg.uncrop_points(data.points, crop_box),
         data.crop_boxes,
+    )
+
+
+def _nms_parts(parts: list[ChipMasks], threshold: float) -> ChipMasks:
+    """Box NMS over all parts' masks, copying only the masks it keeps.
+
+    With relaxed filters a chip has 768 full-size masks (768 MB) of which NMS keeps a
+    few; concatenating them all first would copy every one.
+    """
+    boxes = np.concatenate([p.boxes for p in parts])
+    scores = np.concatenate([p.predicted_iou for p in parts])
+    keep = amg.nms(boxes.astype(np.float32), scores, threshold)
+    part_of = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+    h, w = parts[0].masks.shape[1:]
+    masks = np.empty((len(keep), h, w), dtype=bool)
+    for row, k in enumerate(keep.tolist()):
+        masks[row] = parts[part_of[k]].masks[k - offsets[part_of[k]]]
+    return ChipMasks(
+        masks,
+        boxes[keep],
+        scores[keep],
+        np.concatenate([p.stability_score for p in parts])[keep],
+        np.concatenate([p.points for p in parts])[keep],
+        np.concatenate([p.crop_boxes for p in parts])[keep],
     )
 
 
