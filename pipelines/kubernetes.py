@@ -27,8 +27,8 @@ Resource defaults and why (peak RSS measured on 2 shared CPU cores, vit_b; READM
   chip (its session runs without ONNX Runtime's CPU arena; 7.2 GB with it); on a GPU
   the activations live in GPU memory and the host keeps the CUDA context, sessions
   and chips: 4 CPUs, 8 GiB request (fits small GPU nodes), 24 GiB limit.
-* ``export``: PyTorch + ONNX export with the parity check; vit_b peaked at 5.2 GB,
-  vit_h (7x the weights) is estimated at 25-30 GB: 4 CPUs, 8 GiB request, 32 GiB limit.
+* ``export``: PyTorch + ONNX export with the parity check; vit_b peaked at 5.5 GB,
+  vit_h (7x the weights) peaked at 10.9 GB (3.5 min): 4 CPUs, 8 GiB request, 16 GiB limit.
 
 No CPU limits by default: a CPU limit throttles a pod that could use idle cores, and
 the memory limit is what protects the node.
@@ -123,7 +123,7 @@ DEFAULT_RESOURCES: Mapping[TaskKind, Resources] = {
     "light": Resources("250m", "512Mi", "1Gi"),
     "merge": Resources("1", "2Gi", "8Gi"),
     "inference": Resources("4", "8Gi", "24Gi"),
-    "export": Resources("4", "8Gi", "32Gi"),
+    "export": Resources("4", "8Gi", "16Gi"),
 }
 
 DEFAULT_RETRIES: Mapping[TaskKind, RetryPolicy] = {
