@@ -34,16 +34,13 @@ import shapely
 from affine import Affine
 from numpy.typing import NDArray
 from pyproj import CRS, Geod, Transformer
-from pyproj.exceptions import CRSError
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
+from components.geojson_crs import LONLAT, document_crs
+
 DEFAULT_MAX_AREA_KM2 = 15_000.0
 """Largest area accepted by default: a whole 110 x 110 km tile (12,100 km²) fits."""
-
-LONLAT = "OGC:CRS84"
-"""RFC 7946 coordinates: longitude, latitude on WGS 84."""
-
 UTM_LAT_RANGE = (-80.0, 84.0)
 """Latitudes covered by UTM zones (and by Sentinel-2's MGRS tiles)."""
 
@@ -142,7 +139,7 @@ def parse_area(
             raise ValueError(f"geometry is not valid JSON: {err}") from err
     if not isinstance(doc, Mapping):
         raise ValueError(f"geometry must be a GeoJSON object, got {type(doc).__name__}")
-    crs = _input_crs(doc)
+    crs = document_crs(doc, "geometry ")
     parts = [_polygonal(where, geometry, crs) for where, geometry in _geometries(doc)]
     geometry = parts[0] if len(parts) == 1 else shapely.union_all(parts)
     if not crs.equals(CRS.from_user_input(LONLAT)):
@@ -237,27 +234,6 @@ def snapped_grid(bounds: tuple[float, float, float, float], resolution: float, e
 
 
 # --- parsing helpers -------------------------------------------------------------------
-
-
-def _input_crs(doc: Mapping[str, Any]) -> CRS:
-    """The legacy ``crs`` member's CRS if present, else RFC 7946 lon/lat."""
-    member = doc.get("crs")
-    if member is None:
-        return CRS.from_user_input(LONLAT)
-    name = None
-    if isinstance(member, Mapping) and member.get("type") == "name":
-        props = member.get("properties")
-        if isinstance(props, Mapping):
-            name = props.get("name")
-    if not isinstance(name, str):
-        raise ValueError(
-            f"unsupported geometry 'crs' member {member!r}: expected "
-            '{"type": "name", "properties": {"name": "EPSG:..."}}'
-        )
-    try:
-        return CRS.from_user_input(name)
-    except CRSError as err:
-        raise ValueError(f"geometry 'crs' {name!r} is not a CRS pyproj understands") from err
 
 
 def _geometries(doc: Mapping[str, Any]) -> list[tuple[str, Any]]:

@@ -42,6 +42,7 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
 from components.chips import Chip
+from components.geojson_crs import document_crs
 
 PromptId = int | str
 """A prompt group's id; becomes the name of its output band."""
@@ -50,9 +51,6 @@ Box = tuple[float, float, float, float]
 """A box prompt as ``(x0, y0, x1, y1)`` pixels, ``x0 <= x1`` and ``y0 <= y1``."""
 
 GeometryType = Literal["Point", "MultiPoint", "Polygon"]
-
-DEFAULT_CRS = "OGC:CRS84"
-"""RFC 7946 coordinates: WGS 84 longitude, latitude."""
 
 BOX_EDGE_POINTS = 32
 """Points per polygon edge before reprojection.
@@ -170,7 +168,7 @@ def parse_prompts(geojson: str | Mapping[str, Any]) -> ParsedPrompts:
         raise ValueError(
             f"prompts must be a GeoJSON FeatureCollection, got type {doc.get('type')!r}"
         )
-    crs = _collection_crs(doc)
+    crs = document_crs(doc)
     raw = doc.get("features")
     if not isinstance(raw, list | tuple):
         raise ValueError(f"FeatureCollection 'features' must be a list, got {type(raw).__name__}")
@@ -384,27 +382,6 @@ def _clip(box: Box, extent: Box) -> Box | None:
     if x0 >= x1 or y0 >= y1:
         return None
     return (x0, y0, x1, y1)
-
-
-def _collection_crs(doc: Mapping[str, Any]) -> CRS:
-    """The CRS of the collection: the legacy ``crs`` member if any, else RFC 7946."""
-    member = doc.get("crs")
-    if member is None:
-        return CRS.from_user_input(DEFAULT_CRS)
-    name = None
-    if isinstance(member, Mapping) and member.get("type") == "name":
-        props = member.get("properties")
-        if isinstance(props, Mapping):
-            name = props.get("name")
-    if not isinstance(name, str):
-        raise ValueError(
-            f"unsupported 'crs' member {member!r}: expected "
-            '{"type": "name", "properties": {"name": "EPSG:..."}}'
-        )
-    try:
-        return CRS.from_user_input(name)
-    except CRSError as err:
-        raise ValueError(f"'crs' name {name!r} is not a CRS pyproj understands") from err
 
 
 def _where(index: int, prompt_id: PromptId | None = None) -> str:
