@@ -53,7 +53,7 @@ def fields_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch", reason="model export needs the [export] extra (torch)")
     pytest.importorskip("segment_anything", reason="model export needs segment-anything")
     from model_export.export import run_export
-    from tests.data.fields.train_sam import CHECKPOINT
+    from tests.data.fields.model import CHECKPOINT
 
     out = tmp_path_factory.mktemp("fields") / "model"
     run_export("vit_tiny", out, checkpoint=CHECKPOINT)

@@ -30,7 +30,7 @@ from components.registry import read_manifest  # noqa: E402
 from components.sam_runtime import SamModel  # noqa: E402
 from components.workflow import segment_raster  # noqa: E402
 from tests.data.fields.data import ORIGIN, Scene, make_scene, write_s2_geotiff  # noqa: E402
-from tests.data.fields.train_sam import HELD_OUT_SEEDS, load_model  # noqa: E402
+from tests.data.fields.model import HELD_OUT_SEEDS, load_model  # noqa: E402
 from tests.fixtures.sam_reference import assert_same_masks, reference_amg  # noqa: E402
 
 MIN_INRADIUS = 8.0

@@ -18,7 +18,7 @@ from tests.data.fields.data import (
     write_s2_geotiff,
 )
 
-HELD_OUT_SEED = 100_000  # tests.data.fields.train_sam.HELD_OUT_SEEDS[0]; training never saw it
+HELD_OUT_SEED = 100_000  # tests.data.fields.model.HELD_OUT_SEEDS[0]; training never saw it
 CHECKPOINT_SHA256 = "1c0669cda831bde859ace81ee21f16ffa27a2b2b4679e9ebcb1992b6e7794d86"
 # Floors measured on the committed checkpoint (README.md), with some margin.
 POINT_MIOU_FLOOR = 0.40  # measured 0.444 (41 parcels of the held-out scene)
@@ -185,7 +185,7 @@ def held_out():
 def predictor(held_out):
     from segment_anything import SamPredictor
 
-    from tests.data.fields.train_sam import load_model
+    from tests.data.fields.model import load_model
 
     predictor = SamPredictor(load_model())
     predictor.set_image(held_out.rgb)
@@ -206,7 +206,7 @@ def test_checkpoint_is_a_strict_state_dict_of_vit_tiny():
     import torch
 
     from model_export.architectures import ARCHITECTURES, build_sam
-    from tests.data.fields.train_sam import CHECKPOINT
+    from tests.data.fields.model import CHECKPOINT
 
     state = torch.load(CHECKPOINT, weights_only=True)
     model = build_sam(ARCHITECTURES["vit_tiny"])

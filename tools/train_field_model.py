@@ -28,7 +28,7 @@ smaller over the first 40 % of the steps.
 Run from the repository root (README.md in this folder has the recorded run); it
 resumes from ``--work`` after an interruption and ends with the held-out evaluation::
 
-    python -m tests.data.fields.train_sam --steps 1200 --threads 1
+    python -m tools.train_field_model --steps 1200 --threads 1
 """
 
 from __future__ import annotations
@@ -53,14 +53,12 @@ from scipy import ndimage
 
 from model_export.architectures import ARCHITECTURES, build_sam
 from tests.data.fields.data import Scene, make_scene
+from tests.data.fields.model import CHECKPOINT, HELD_OUT_SEEDS, load_model
 
 ARCH = ARCHITECTURES["vit_tiny"]
 IMAGE_SIZE = ARCH.image_size
 LOW_RES = ARCH.low_res_size
 SCALE = IMAGE_SIZE // LOW_RES
-CHECKPOINT = Path(__file__).with_name("sam_vit_tiny_fields.pt")
-HELD_OUT_SEEDS = tuple(range(100_000, 100_008))
-"""Evaluation scenes; training scenes use seeds below 100 000."""
 BOX_CONTAINS = 0.9
 """A box selects every parcel with at least this fraction of its area inside it."""
 
@@ -642,13 +640,6 @@ def train(
 def sha256(path: Path) -> str:
     """Hex digest of a file."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def load_model(path: Path = CHECKPOINT) -> torch.nn.Module:
-    """The fixture checkpoint in a freshly built ``vit_tiny`` SAM (strict), eval mode."""
-    model = build_sam(ARCH)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model.eval()
 
 
 def iou(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
