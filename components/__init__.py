@@ -1,8 +1,8 @@
 """Code that runs inside the pipeline containers.
 
-Pure modules (no file or network I/O): :mod:`components.chips`,
-:mod:`components.prompts`, :mod:`components.radiometry`, :mod:`components.amg`,
-:mod:`components.merge`, :mod:`components.vectorize`.
+Pure modules (no file or network I/O): :mod:`components.core.chips`,
+:mod:`components.core.prompts`, :mod:`components.core.radiometry`, :mod:`components.core.amg`,
+:mod:`components.core.merge`, :mod:`components.core.vectorize`.
 """
 
 from components.version import __version__

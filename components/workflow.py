@@ -11,16 +11,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from components.automatic import AmgParams
-from components.embeddings import EmbeddingCache
-from components.outputs import OutputFiles, write_outputs
-from components.prompted import PromptParams
-from components.prompts import load_prompts
-from components.radiometry import StretchMode
-from components.registry import cache_dir, default_model_uri, resolve_model
-from components.sam_runtime import SamModel
-from components.scene import open_scene, scene_fingerprint, scene_scaling
-from components.segment import EncoderSettings, Mode, Progress, SceneSegmentation, segment_scene
+from components.core.prompts import load_prompts
+from components.core.radiometry import StretchMode
+from components.inference.automatic import AmgParams
+from components.inference.embeddings import EmbeddingCache
+from components.inference.onnx_sam import SamModel
+from components.inference.prompted import PromptParams
+from components.inference.shard import (
+    EncoderSettings,
+    Mode,
+    Progress,
+    SceneSegmentation,
+    segment_scene,
+)
+from components.io.outputs import OutputFiles, write_outputs
+from components.io.raster import open_scene, scene_fingerprint, scene_scaling
+from components.io.registry import cache_dir, default_model_uri, resolve_model
 
 
 @dataclass(frozen=True)
@@ -180,10 +186,10 @@ def check_request(
     Raises:
         ValueError: The first bad input, named (geometry, dates, prompts, parameters).
     """
-    from components.chips import chip_step
-    from components.prompts import parse_prompts
-    from components.registry import parse_model_uri
-    from components.s2 import ingest_params
+    from components.core.chips import chip_step
+    from components.core.prompts import parse_prompts
+    from components.io.ingest import ingest_params
+    from components.io.registry import parse_model_uri
 
     if mode not in ("automatic", "prompted"):
         raise ValueError(f"mode must be 'automatic' or 'prompted', got {mode!r}")
@@ -260,8 +266,8 @@ def plan_segmentation(
     scaling (percentile stretch) and the scene's sha256 (embedding cache key). In
     prompted mode only chips where a prompt group runs are planned.
     """
-    from components.chips import chip_grid, shard_chips
-    from components.prompts import prompts_for_chip
+    from components.core.chips import chip_grid, shard_chips
+    from components.core.prompts import prompts_for_chip
 
     radiometry = radiometry or RadiometryParams()
     entries: list[tuple[dict[str, Any], int]] = []
@@ -313,7 +319,7 @@ def plan_segmentation(
 
 
 def _scaling_from(data: dict[str, Any]) -> Any:
-    from components.radiometry import RgbScaling
+    from components.core.radiometry import RgbScaling
 
     return RgbScaling(
         scale=tuple(data["scale"]), offset=tuple(data["offset"]), low=tuple(data["low"]),
@@ -348,9 +354,9 @@ def segment_shard(
 
     import rasterio
 
-    from components.chips import chip_grid
-    from components.merge import mask_to_record
-    from components.segment import RunStats, segment_chips
+    from components.core.chips import chip_grid
+    from components.core.merge import mask_to_record
+    from components.inference.shard import RunStats, segment_chips
 
     model = SamModel.from_resolved(resolve_model(model_uri))
     cache = EmbeddingCache(cache_dir() / "embeddings") if use_cache else None
@@ -403,9 +409,9 @@ def merge_segmentation(
     import gzip
     import json
 
-    from components.chips import chip_grid
-    from components.merge import mask_from_record, merge_automatic, merge_prompted
-    from components.segment import RunStats
+    from components.core.chips import chip_grid
+    from components.core.merge import mask_from_record, merge_automatic, merge_prompted
+    from components.inference.shard import RunStats
 
     radiometry = radiometry or RadiometryParams()
     by_scene: dict[str, list[Any]] = {}
@@ -485,7 +491,7 @@ def publish_merge(
     import base64
     import shutil
 
-    from components.outputs import POLYGONS, QUICKLOOK
+    from components.io.outputs import POLYGONS, QUICKLOOK
 
     polygons_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# Segmentation", ""]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from components.registry import MANIFEST_FORMAT, MANIFEST_NAME, file_sha256
+from components.io.registry import MANIFEST_FORMAT, MANIFEST_NAME, file_sha256
 from components.version import __version__
 from model_export.architectures import SamArchitecture, get_architecture
 from model_export.weights import WeightsInfo, resolve_weights
@@ -326,7 +326,7 @@ def _agreement(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
 
 
 def _session(path: Path, providers: list[str] | None = None) -> Any:
-    from components.sam_runtime import open_session
+    from components.inference.onnx_sam import open_session
 
     return open_session(path, providers, memory_arena=False)
 

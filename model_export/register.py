@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.registry import DEFAULT_ALIAS, RegisteredVersion, register_model
+from components.io.registry import DEFAULT_ALIAS, RegisteredVersion, register_model
 from model_export.export import ExportedModel, run_export
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from components.registry import file_sha256
+from components.io.registry import file_sha256
 from model_export.architectures import SamArchitecture, build_sam
 
 if TYPE_CHECKING:

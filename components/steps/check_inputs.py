@@ -38,7 +38,7 @@ def check_inputs(
     """
     import json
 
-    from components.automatic import AmgParams
+    from components.inference.automatic import AmgParams
     from components.workflow import check_request, report_step_errors
 
     with report_step_errors("check_inputs"):

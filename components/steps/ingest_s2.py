@@ -1,6 +1,6 @@
 """KFP component ``ingest_s2``: the Sentinel-2 ingest as a pipeline step.
 
-A thin shell over :func:`components.s2.ingest_s2` (DESIGN decision 1): the typed
+A thin shell over :func:`components.io.ingest.ingest_s2` (DESIGN decision 1): the typed
 signature is the step's interface, the body imports the library and calls it, so the
 same code runs in unit tests, in ``kfp.local`` and in the image on a cluster.
 
@@ -71,7 +71,7 @@ def ingest_s2(
     Returns:
         The number of scenes written.
     """
-    from components.s2 import ingest_s2 as run
+    from components.io.ingest import ingest_s2 as run
     from components.workflow import report_step_errors, scheduled_reference
 
     with report_step_errors("ingest_s2"):

@@ -34,7 +34,7 @@ def segment_auto(
     import json
     from pathlib import Path
 
-    from components.automatic import AmgParams
+    from components.inference.automatic import AmgParams
     from components.workflow import report_step_errors, segment_shard
 
     with report_step_errors("segment_auto"):
@@ -81,7 +81,7 @@ def segment_prompts(
     import json
     from pathlib import Path
 
-    from components.prompted import PromptParams
+    from components.inference.prompted import PromptParams
     from components.workflow import report_step_errors, segment_shard
 
     with report_step_errors("segment_prompts"):

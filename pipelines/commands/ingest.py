@@ -1,6 +1,6 @@
 """``s2sam ingest``: the clearest Sentinel-2 L2A scenes of an area, as COGs and a manifest.
 
-Runs :func:`components.s2.ingest_s2` on this machine. Input mistakes exit with code 2
+Runs :func:`components.io.ingest.ingest_s2` on this machine. Input mistakes exit with code 2
 before any network call (``pipelines.cli``); no usable scene or a service that keeps
 failing exits with code 1; both as one message on stderr, never a traceback.
 
@@ -28,7 +28,7 @@ DEFAULTS = {
     "timeout": 30.0,
     "retries": 3,
 }
-"""Mirrors :func:`components.s2.ingest_s2`'s defaults (kept here so ``--help`` needs no
+"""Mirrors :func:`components.io.ingest.ingest_s2`'s defaults (kept here so ``--help`` needs no
 heavy import; a test checks they agree)."""
 
 
@@ -177,9 +177,9 @@ class _ProgressBars:
 
 def run(args: argparse.Namespace) -> int:
     """Run the ingest; print one line per scene written, then the manifest's path."""
-    from components.area import DEFAULT_MAX_AREA_KM2
-    from components.s2 import NetworkOptions, ServiceError, ingest_s2
-    from components.scenes import NoSceneError
+    from components.core.area import DEFAULT_MAX_AREA_KM2
+    from components.core.scene_choice import NoSceneError
+    from components.io.ingest import NetworkOptions, ServiceError, ingest_s2
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -95,7 +95,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from components.registry import list_models, tracking_uri
+    from components.io.registry import list_models, tracking_uri
 
     rows = list_models()
     if not rows:

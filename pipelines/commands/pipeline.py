@@ -111,9 +111,9 @@ def unreachable(urls: list[str], timeout: float = 10.0) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from components.automatic import AmgParams
-    from components.registry import ModelResolutionError, default_model_uri, resolve_model
-    from components.segment import Mode
+    from components.inference.automatic import AmgParams
+    from components.inference.shard import Mode
+    from components.io.registry import ModelResolutionError, default_model_uri, resolve_model
     from components.workflow import check_request
     from pipelines.local import PipelineFailed, run_pipeline
 

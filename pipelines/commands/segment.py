@@ -31,7 +31,7 @@ _names = _list_of(str, "names")
 
 def add_amg_arguments(parser: argparse.ArgumentParser) -> None:
     """Automatic-mode parameters, FarmVibes' names and defaults."""
-    from components.automatic import AmgParams
+    from components.inference.automatic import AmgParams
 
     d = AmgParams()
     g = parser.add_argument_group("automatic mode (FarmVibes auto_segment_s2 parameters)")
@@ -101,7 +101,7 @@ def register(subparsers: Any) -> None:
 
 def amg_params_from(args: argparse.Namespace) -> Any:
     """AmgParams from parsed arguments (validated by the dataclass)."""
-    from components.automatic import AmgParams
+    from components.inference.automatic import AmgParams
 
     return AmgParams(
         points_per_side=args.points_per_side,
@@ -136,8 +136,8 @@ def radiometry_from(args: argparse.Namespace) -> Any:
 def _segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from components.prompted import PromptParams
-    from components.registry import ModelResolutionError
+    from components.inference.prompted import PromptParams
+    from components.io.registry import ModelResolutionError
     from components.workflow import segment_raster
 
     prompts = None

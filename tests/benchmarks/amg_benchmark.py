@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 
 def chip_image(size: int) -> tuple[np.ndarray, str]:
     """The real Sentinel-2 sample padded to a chip when available, else a synthetic chip."""
-    from components.radiometry import scene_rgb_scaling, to_rgb
-    from components.sam_runtime import pad_chip
+    from components.core.radiometry import scene_rgb_scaling, to_rgb
+    from components.inference.onnx_sam import pad_chip
     from tests.conftest import shared_data_dir
 
     data = shared_data_dir()
@@ -73,9 +73,9 @@ def main() -> None:
     import torch
     from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
-    from components.automatic import AmgParams, generate_chip_masks
-    from components.registry import read_manifest
-    from components.sam_runtime import SamModel, cpu_count
+    from components.inference.automatic import AmgParams, generate_chip_masks
+    from components.inference.onnx_sam import SamModel, cpu_count
+    from components.io.registry import read_manifest
     from model_export.architectures import get_architecture
     from model_export.export import run_export
     from model_export.weights import load_checkpoint, random_sam

@@ -1,4 +1,4 @@
-"""Parity of components.amg with the installed segment_anything / torchvision reference."""
+"""Parity of components.core.amg with the installed segment_anything / torchvision reference."""
 
 import json
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from components import amg
+from components.core import amg
 
 torch = pytest.importorskip("torch")
 tv_ops = pytest.importorskip("torchvision.ops")

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pyproj import Transformer
 
-from components.area import (
+from components.core.area import (
     Grid,
     aligned_offset,
     area_grid,

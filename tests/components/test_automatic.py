@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
 pytest.importorskip("cv2", reason="the reference's small-region removal needs OpenCV")
 
-from components.automatic import AmgParams, generate_chip_masks  # noqa: E402
-from components.registry import read_manifest  # noqa: E402
-from components.sam_runtime import SamModel  # noqa: E402
+from components.inference.automatic import AmgParams, generate_chip_masks  # noqa: E402
+from components.inference.onnx_sam import SamModel  # noqa: E402
+from components.io.registry import read_manifest  # noqa: E402
 from model_export.architectures import ARCHITECTURES  # noqa: E402
 from model_export.export import parity_images  # noqa: E402
 from model_export.weights import random_sam  # noqa: E402

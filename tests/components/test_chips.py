@@ -6,7 +6,7 @@ from affine import Affine
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from components.chips import (
+from components.core.chips import (
     CHIP_SIZE,
     axis_starts,
     chip_grid,

@@ -22,12 +22,12 @@ gpd = pytest.importorskip("geopandas")
 
 from segment_anything import SamPredictor  # noqa: E402
 
-from components.automatic import AmgParams, ChipMasks, generate_chip_masks  # noqa: E402
-from components.merge import mask_iou, overlapping_pairs, touches_inner_edge  # noqa: E402
-from components.prompted import PromptParams, segment_groups  # noqa: E402
-from components.prompts import PromptGroup  # noqa: E402
-from components.registry import read_manifest  # noqa: E402
-from components.sam_runtime import SamModel  # noqa: E402
+from components.core.merge import mask_iou, overlapping_pairs, touches_inner_edge  # noqa: E402
+from components.core.prompts import PromptGroup  # noqa: E402
+from components.inference.automatic import AmgParams, ChipMasks, generate_chip_masks  # noqa: E402
+from components.inference.onnx_sam import SamModel  # noqa: E402
+from components.inference.prompted import PromptParams, segment_groups  # noqa: E402
+from components.io.registry import read_manifest  # noqa: E402
 from components.workflow import segment_raster  # noqa: E402
 from tests.data.fields.data import ORIGIN, Scene, make_scene, write_s2_geotiff  # noqa: E402
 from tests.data.fields.model import HELD_OUT_SEEDS, load_model  # noqa: E402

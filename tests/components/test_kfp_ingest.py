@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import rasterio
 
-from components.s2 import ingest_s2 as library
+from components.io.ingest import ingest_s2 as library
 from components.steps.ingest_s2 import BASE_IMAGE, ingest_s2
 from components.version import __version__
 from tests.fixtures.s2_world import roi

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from components.chips import ChipGrid, chip_grid
-from components.merge import (
+from components.core.chips import ChipGrid, chip_grid
+from components.core.merge import (
     SceneMask,
     mask_box,
     mask_iou,

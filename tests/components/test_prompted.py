@@ -8,10 +8,10 @@ pytest.importorskip("segment_anything")
 
 from segment_anything import SamPredictor  # noqa: E402
 
-from components.prompted import PromptParams, box_pixels, segment_groups  # noqa: E402
-from components.prompts import PromptGroup  # noqa: E402
-from components.registry import read_manifest  # noqa: E402
-from components.sam_runtime import SamModel, pad_chip  # noqa: E402
+from components.core.prompts import PromptGroup  # noqa: E402
+from components.inference.onnx_sam import SamModel, pad_chip  # noqa: E402
+from components.inference.prompted import PromptParams, box_pixels, segment_groups  # noqa: E402
+from components.io.registry import read_manifest  # noqa: E402
 from model_export.architectures import ARCHITECTURES  # noqa: E402
 from model_export.export import parity_images  # noqa: E402
 from model_export.weights import random_sam  # noqa: E402
@@ -20,7 +20,7 @@ from model_export.weights import random_sam  # noqa: E402
 def s2_chip(shared_data):
     import rasterio
 
-    from components.radiometry import scene_rgb_scaling, to_rgb
+    from components.core.radiometry import scene_rgb_scaling, to_rgb
 
     with rasterio.open(shared_data / "s2" / "ftw_t33uup_2021_b4b3b2b8x2.tif") as src:
         dn = src.read([1, 2, 3])

@@ -13,8 +13,8 @@ import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
 
-from components.chips import Chip, chip_grid
-from components.prompts import (
+from components.core.chips import Chip, chip_grid
+from components.core.prompts import (
     PromptGroup,
     ScenePrompts,
     load_prompts,

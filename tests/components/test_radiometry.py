@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.radiometry import (
+from components.core.radiometry import (
     RgbScaling,
     band_parameter,
     boa_add_offset,

@@ -5,7 +5,8 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from components.registry import (
+from components.inference.onnx_sam import open_session
+from components.io.registry import (
     ModelResolutionError,
     client,
     default_model_uri,
@@ -15,7 +16,6 @@ from components.registry import (
     resolve_model,
     tracking_uri,
 )
-from components.sam_runtime import open_session
 
 
 def run_resolved(model):

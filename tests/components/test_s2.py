@@ -18,7 +18,13 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from components.s2 import (
+from components.core.scene_choice import (
+    NoSceneError,
+    TooCloudyError,
+    cover_area,
+    group_acquisitions,
+)
+from components.io.ingest import (
     MANIFEST_NAME,
     NetworkOptions,
     ServiceError,
@@ -28,7 +34,6 @@ from components.s2 import (
     redact,
     tile_item,
 )
-from components.scenes import NoSceneError, TooCloudyError, cover_area, group_acquisitions
 from tests.fixtures.s2_world import (
     ACQUISITIONS,
     BLOB_COLLECTION,

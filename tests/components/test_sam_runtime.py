@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from components.registry import read_manifest
-from components.sam_runtime import (
+from components.inference.onnx_sam import (
     PAD_RGB,
     SamModel,
     choose_providers,
@@ -11,6 +10,7 @@ from components.sam_runtime import (
     prompt_arrays,
     resize_bilinear,
 )
+from components.io.registry import read_manifest
 
 torch = pytest.importorskip("torch")
 

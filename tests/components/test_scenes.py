@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import shapely
 
-from components.scenes import (
+from components.core.scene_choice import (
     Acquisition,
     Candidate,
     NoSceneError,

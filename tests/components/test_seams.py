@@ -12,9 +12,9 @@ import shapely
 from affine import Affine
 from rasterio.features import rasterize
 
-from components.chips import chip_grid
-from components.merge import masks_from_chip, merge_automatic, render_labels
-from components.vectorize import MaskAttributes, polygonize_labels
+from components.core.chips import chip_grid
+from components.core.merge import masks_from_chip, merge_automatic, render_labels
+from components.core.vectorize import MaskAttributes, polygonize_labels
 
 CRS = "EPSG:32633"
 SOURCE_TRANSFORM = Affine(10.0, 0.0, 359130.0, 0.0, -10.0, 5352340.0)  # a 10 m UTM raster

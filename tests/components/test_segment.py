@@ -10,14 +10,14 @@ from affine import Affine
 pytest.importorskip("torch")
 gpd = pytest.importorskip("geopandas")
 
-from components.automatic import AmgParams  # noqa: E402
-from components.embeddings import EmbeddingCache  # noqa: E402
-from components.outputs import band_name, write_outputs  # noqa: E402
-from components.prompts import load_prompts  # noqa: E402
-from components.registry import read_manifest  # noqa: E402
-from components.sam_runtime import SamModel  # noqa: E402
-from components.scene import open_scene, scene_fingerprint, scene_scaling  # noqa: E402
-from components.segment import EncoderSettings, segment_scene  # noqa: E402
+from components.core.prompts import load_prompts  # noqa: E402
+from components.inference.automatic import AmgParams  # noqa: E402
+from components.inference.embeddings import EmbeddingCache  # noqa: E402
+from components.inference.onnx_sam import SamModel  # noqa: E402
+from components.inference.shard import EncoderSettings, segment_scene  # noqa: E402
+from components.io.outputs import band_name, write_outputs  # noqa: E402
+from components.io.raster import open_scene, scene_fingerprint, scene_scaling  # noqa: E402
+from components.io.registry import read_manifest  # noqa: E402
 from components.workflow import segment_raster  # noqa: E402
 
 TRANSFORM = Affine(10.0, 0.0, 360_000.0, 0.0, -10.0, 5_350_000.0)

@@ -9,7 +9,7 @@ from affine import Affine
 from rasterio.features import rasterize
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from components.vectorize import (
+from components.core.vectorize import (
     MaskAttributes,
     SegmentPolygon,
     area_m2,

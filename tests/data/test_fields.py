@@ -8,8 +8,8 @@ import pytest
 import rasterio
 from scipy import ndimage
 
-from components.chips import chip_grid
-from components.radiometry import scene_rgb_scaling, to_rgb
+from components.core.chips import chip_grid
+from components.core.radiometry import scene_rgb_scaling, to_rgb
 from tests.data.fields.data import (
     BANDS,
     PROCESSING_BASELINE,

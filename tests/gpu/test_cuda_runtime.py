@@ -9,8 +9,8 @@ pytestmark = pytest.mark.skipif(
     reason="no CUDA: onnxruntime-gpu and an NVIDIA GPU are needed (the [gpu] extra)",
 )
 
-from components.registry import read_manifest  # noqa: E402
-from components.sam_runtime import SamModel, prompt_arrays  # noqa: E402
+from components.inference.onnx_sam import SamModel, prompt_arrays  # noqa: E402
+from components.io.registry import read_manifest  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import json
 import pytest
 from kfp import dsl
 
-from components.chips import chip_grid
+from components.core.chips import chip_grid
 from components.images import REGISTRY_ENV, image
 from components.version import __version__
 from tests.fixtures.podman import TEST_REGISTRY
@@ -37,8 +37,8 @@ def test_image_holds_this_version_as_non_root_without_pip(podman, cpu_image):
         cpu_image,
         "python3",
         "-c",
-        "import importlib.util as u, shutil, components.s2, components.sam_runtime, "
-        "components.registry, components.outputs, onnxruntime as ort; "
+        "import importlib.util as u, shutil, components.io.ingest, components.inference.onnx_sam, "
+        "components.io.registry, components.io.outputs, onnxruntime as ort; "
         "print(shutil.which('python3'), u.find_spec('pip') is None, "
         "ort.get_available_providers()[-1])",
     )
@@ -55,7 +55,7 @@ def count_chips(
     """Lay out a scene's chip grid with the library in the image."""
     import json as json_
 
-    from components.chips import chip_grid as grid_of
+    from components.core.chips import chip_grid as grid_of
 
     chips = grid_of(height, width, spatial_overlap=spatial_overlap)
     with open(grid.path, "w") as f:

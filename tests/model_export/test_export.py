@@ -10,8 +10,8 @@ import onnx
 import torch
 from segment_anything import SamPredictor
 
-from components.registry import MANIFEST_NAME, file_sha256, read_manifest
-from components.sam_runtime import open_session
+from components.inference.onnx_sam import open_session
+from components.io.registry import MANIFEST_NAME, file_sha256, read_manifest
 from model_export.architectures import ARCHITECTURES
 from model_export.export import (
     ExportError,
@@ -92,7 +92,7 @@ def test_encoder_batches_and_decoder_takes_many_prompts(tiny_export):
 
 @pytest.mark.parametrize("shape", [(1024, 1024), (512, 512), (700, 513)])
 def test_upscale_graph_is_torch_bilinear(tiny_export, shape):
-    from components.sam_runtime import SamModel
+    from components.inference.onnx_sam import SamModel
 
     model = SamModel(tiny_export, read_manifest(tiny_export))
     x = np.random.default_rng(0).normal(0, 5, (6, 256, 256)).astype(np.float32)

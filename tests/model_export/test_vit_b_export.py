@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch", reason="model export needs the [export] extra")
 pytest.importorskip("segment_anything")
 
-from components.registry import read_manifest, register_model, resolve_model
+from components.io.registry import read_manifest, register_model, resolve_model
 from model_export.export import run_export
 
 

@@ -13,7 +13,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from components.s2 import ingest_s2
+from components.io.ingest import ingest_s2
 from pipelines.cli import main
 from pipelines.commands.ingest import DEFAULTS
 from tests.fixtures.s2_world import REAL_TIF, expected_dn, real_roi, roi
@@ -109,7 +109,7 @@ def test_cli_defaults_match_the_library():
             assert default == value, name
     network = inspect.signature(ingest_s2).parameters["network"].default
     assert network is None
-    from components.s2 import NetworkOptions
+    from components.io.ingest import NetworkOptions
 
     assert (NetworkOptions().timeout_s, NetworkOptions().retries) == (
         DEFAULTS["timeout"],

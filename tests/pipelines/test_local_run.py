@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 gpd = pytest.importorskip("geopandas")
 rasterio = pytest.importorskip("rasterio")
 
-from components.registry import register_model  # noqa: E402
+from components.io.registry import register_model  # noqa: E402
 from tests.fixtures.s2_world import real_roi  # noqa: E402
 
 S2SAM = Path(sys.executable).parent / "s2sam"

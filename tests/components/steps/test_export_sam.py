@@ -6,7 +6,7 @@ pytest.importorskip("mlflow")
 from kfp import local
 
 from components.images import image
-from components.registry import resolve_model
+from components.io.registry import resolve_model
 from components.steps.export_sam import export_sam
 from components.version import __version__
 

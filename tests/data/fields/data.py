@@ -3,7 +3,7 @@
 A scene is a landscape of parcels drawn in surface reflectance (bands B04, B03, B02,
 B08), then turned into what the pipeline sees: L2A digital numbers (uint16,
 processing baseline 05.09, so ``DN = 10000 * reflectance + 1000``; nodata 0) and the
-uint8 RGB that ``components.radiometry`` makes of them with its default percentile
+uint8 RGB that ``components.core.radiometry`` makes of them with its default percentile
 stretch. The ground truth is the parcel label map (uint32; 0 = road, field margin or
 sliver, never prompted).
 
@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from components.radiometry import NODATA_DN, QUANTIFICATION_VALUE, scene_rgb_scaling, to_rgb
+from components.core.radiometry import NODATA_DN, QUANTIFICATION_VALUE, scene_rgb_scaling, to_rgb
 
 BANDS = ("B04", "B03", "B02", "B08")
 """Bands of the scene's DN stack, in order: red, green, blue, near infrared."""
@@ -94,7 +94,7 @@ class Scene:
     dn: NDArray[np.uint16]
     """``(4, H, W)`` L2A digital numbers of ``BANDS``; 0 is nodata (none by default)."""
     rgb: NDArray[np.uint8]
-    """``(H, W, 3)`` SAM input: ``components.radiometry`` percentile stretch of B04-B02."""
+    """``(H, W, 3)`` SAM input: ``components.core.radiometry`` percentile stretch of B04-B02."""
     labels: NDArray[np.uint32]
     """``(H, W)`` parcel label of each pixel, 0 for roads, margins and slivers."""
     parcels: tuple[Parcel, ...]

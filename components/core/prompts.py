@@ -41,8 +41,8 @@ from numpy.typing import NDArray
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
-from components.chips import Chip
-from components.geojson_crs import document_crs
+from components.core.chips import Chip
+from components.core.geojson_crs import document_crs
 
 PromptId = int | str
 """A prompt group's id; becomes the name of its output band."""

@@ -37,7 +37,7 @@ from pyproj import CRS, Geod, Transformer
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from components.geojson_crs import LONLAT, document_crs
+from components.core.geojson_crs import LONLAT, document_crs
 
 DEFAULT_MAX_AREA_KM2 = 15_000.0
 """Largest area accepted by default: a whole 110 x 110 km tile (12,100 km²) fits."""

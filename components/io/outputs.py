@@ -33,11 +33,11 @@ from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from components.merge import SceneMask, render_labels, render_prompt_bands
-from components.radiometry import RgbScaling, to_rgb
-from components.scene import SceneInfo
-from components.segment import SceneSegmentation
-from components.vectorize import MaskAttributes, polygonize_labels, polygonize_masks
+from components.core.merge import SceneMask, render_labels, render_prompt_bands
+from components.core.radiometry import RgbScaling, to_rgb
+from components.core.vectorize import MaskAttributes, polygonize_labels, polygonize_masks
+from components.inference.shard import SceneSegmentation
+from components.io.raster import SceneInfo
 from components.version import __version__
 
 SEGMENTATION = "segmentation.tif"

@@ -1,7 +1,7 @@
 """Sentinel-2 L2A ingest: STAC search, signing, cloud-aware choice, windowed mosaic, COGs.
 
-The thin I/O side of the ingest; the decisions live in :mod:`components.area` and
-:mod:`components.scenes`. One call, :func:`ingest_s2`:
+The thin I/O side of the ingest; the decisions live in :mod:`components.core.area` and
+:mod:`components.core.scene_choice`. One call, :func:`ingest_s2`:
 
 1. validates every input (area, dates, bands, limits) before any network call;
 2. searches ``sentinel-2-l2a`` on a STAC API (default the Planetary Computer's;
@@ -55,7 +55,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from shapely.geometry import shape
 
-from components.area import (
+from components.core.area import (
     DEFAULT_MAX_AREA_KM2,
     Area,
     Grid,
@@ -65,8 +65,8 @@ from components.area import (
     parse_area,
     project,
 )
-from components.radiometry import NODATA_DN, boa_add_offset, parse_baseline
-from components.scenes import (
+from components.core.radiometry import NODATA_DN, boa_add_offset, parse_baseline
+from components.core.scene_choice import (
     BAND_RESOLUTION,
     DEFAULT_BANDS,
     SCL_ASSET,
@@ -359,7 +359,7 @@ def ingest_s2(
         max_roi_cloud_fraction: Largest share of cloud/shadow (SCL) over the area.
         max_roi_nodata_fraction: Largest share of the area without data.
         strategy: ``least_cloudy``, ``latest`` or ``all`` (see
-            :func:`components.scenes.select_scenes`).
+            :func:`components.core.scene_choice.select_scenes`).
         max_scenes: Acquisitions kept by ``least_cloudy`` and ``latest``.
         margin_m: Ground added around the area's bounds, in metres.
         resampling: Where pixels are resampled (20 m bands, other UTM zones).

@@ -2,7 +2,7 @@
 
 Same algorithm and parameters as segment_anything's generator (and FarmVibes'
 ``auto_segment_s2`` names and defaults), orchestrated like it
-(``chip -> crops -> point batches``) over :mod:`components.amg`, with two changes
+(``chip -> crops -> point batches``) over :mod:`components.core.amg`, with two changes
 that give identical results for less work:
 
 * the decoder stops at low-resolution logits, masks are filtered on predicted IoU
@@ -23,8 +23,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from components import amg
-from components.sam_runtime import SamModel, pad_chip, preprocess_shape
+from components.core import amg
+from components.inference.onnx_sam import SamModel, pad_chip, preprocess_shape
 
 MASK_THRESHOLD = 0.0
 """SAM's logit threshold."""

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from components.radiometry import RgbScaling
-from components.sam_runtime import SamModel
+from components.core.radiometry import RgbScaling
+from components.inference.onnx_sam import SamModel
 
 DEFAULT_MAX_BYTES = 20 * 1024**3
 

@@ -28,7 +28,7 @@ Prompted mode (:func:`merge_prompted`): one mask per ``prompt_id``. Where severa
 chips segmented the same prompt, each scene pixel is taken from the chip whose centre
 is nearest (Manhattan distance, ties to the lower chip index) among the chips that
 returned a mask for that prompt and contain the pixel. On a full grid this is exactly
-the write-interval partition of :mod:`components.chips`.
+the write-interval partition of :mod:`components.core.chips`.
 
 Output rasters are rendered per window (:func:`render_labels`,
 :func:`render_prompt_bands`) so a whole tile never needs one array per mask.
@@ -48,7 +48,7 @@ import shapely
 from numpy.typing import NDArray
 from pycocotools import mask as mask_utils
 
-from components.chips import Chip, ChipGrid, inner_edges
+from components.core.chips import Chip, ChipGrid, inner_edges
 
 Box = tuple[int, int, int, int]
 """Half-open pixel box ``(x0, y0, x1, y1)``: columns ``[x0, x1)``, rows ``[y0, y1)``."""

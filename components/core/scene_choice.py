@@ -1,6 +1,6 @@
 """Which Sentinel-2 L2A acquisitions to ingest: the selection math, without any I/O.
 
-The ingest (:mod:`components.s2`) searches a STAC API for *tile items* (one MGRS
+The ingest (:mod:`components.io.ingest`) searches a STAC API for *tile items* (one MGRS
 tile of one acquisition each) and hands them here as :class:`TileItem` records:
 
 1. **Time range.** Explicit dates, or ``lookback_days`` before a reference time
@@ -40,7 +40,7 @@ import shapely
 from numpy.typing import NDArray
 from shapely.geometry.base import BaseGeometry
 
-from components.radiometry import NODATA_DN, boa_add_offset, parse_baseline
+from components.core.radiometry import NODATA_DN, boa_add_offset, parse_baseline
 
 BAND_RESOLUTION: Mapping[str, int] = {
     "B02": 10,

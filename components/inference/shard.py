@@ -15,15 +15,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from components.automatic import AmgParams, generate_chip_masks
-from components.chips import Chip, ChipGrid, chip_grid
-from components.embeddings import EmbeddingCache, embedding_key, encode_with_cache
-from components.merge import SceneMask, masks_from_chip, merge_automatic, merge_prompted
-from components.prompted import PromptParams, segment_groups
-from components.prompts import DroppedPrompt, ScenePrompts, prompts_for_chip
-from components.radiometry import RgbScaling
-from components.sam_runtime import SamModel
-from components.scene import ChipImage, SceneInfo, iter_chips
+from components.core.chips import Chip, ChipGrid, chip_grid
+from components.core.merge import SceneMask, masks_from_chip, merge_automatic, merge_prompted
+from components.core.prompts import DroppedPrompt, ScenePrompts, prompts_for_chip
+from components.core.radiometry import RgbScaling
+from components.inference.automatic import AmgParams, generate_chip_masks
+from components.inference.embeddings import EmbeddingCache, embedding_key, encode_with_cache
+from components.inference.onnx_sam import SamModel
+from components.inference.prompted import PromptParams, segment_groups
+from components.io.raster import ChipImage, SceneInfo, iter_chips
 
 Mode = Literal["automatic", "prompted"]
 Progress = Callable[[int, int], None]

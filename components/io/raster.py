@@ -18,10 +18,10 @@ from numpy.typing import NDArray
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from components.chips import Chip
-from components.radiometry import RgbScaling, StretchMode, scene_rgb_scaling, to_rgb
-from components.registry import file_sha256
-from components.sam_runtime import PAD_RGB
+from components.core.chips import Chip
+from components.core.radiometry import RgbScaling, StretchMode, scene_rgb_scaling, to_rgb
+from components.inference.onnx_sam import PAD_RGB
+from components.io.registry import file_sha256
 
 RGB_BAND_NAMES = ("B04", "B03", "B02")
 """Sentinel-2 red, green, blue: the default bands."""

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from components import amg
-from components.prompts import PromptGroup
-from components.sam_runtime import SamModel, prompt_arrays
+from components.core import amg
+from components.core.prompts import PromptGroup
+from components.inference.onnx_sam import SamModel, prompt_arrays
 
 MASK_THRESHOLD = 0.0
 

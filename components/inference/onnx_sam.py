@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
-    from components.registry import ResolvedModel
+    from components.io.registry import ResolvedModel
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 PROVIDERS_ENV = "S2SAM_ORT_PROVIDERS"
@@ -296,7 +296,7 @@ class SamModel:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
     ) -> SamModel:
-        """Load a model resolved (and verified) by :func:`components.registry.resolve_model`."""
+        """Load a model resolved (and verified) by :func:`components.io.registry.resolve_model`."""
         return cls(model.directory, model.manifest, model.lineage, providers, threads)
 
     def encode(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
