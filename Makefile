@@ -1,5 +1,6 @@
 # s2-sam-pipelines: one entry point for set-up, tests and the main job.
-#   make test   set up .venv (first time) and run lint, type checks and the test suite
+#   make test   set up .venv (first time), the Debian packages the tests need, then run
+#               lint, type checks and the test suite
 #   make run    set up .venv (first time) and run the main job
 #   make images build the container images (docker, else podman); REGISTRY=... make push
 
@@ -9,7 +10,10 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu,export,dev
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install test lint typecheck unit format run compile clean images push
+# Debian packages the tests need (tools/system_deps.sh installs them, or says how)
+DEBIAN_PACKAGES := postgresql postgresql-15-postgis-3 podman buildah runc debootstrap
+
+.PHONY: install system-deps test lint typecheck unit format run compile clean images push
 
 install: $(STAMP)
 
@@ -29,7 +33,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck unit
+system-deps:
+	@bash tools/system_deps.sh $(DEBIAN_PACKAGES)
+
+test: system-deps lint typecheck unit
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from components.errors import InputError
+
 if TYPE_CHECKING:  # torch and segment_anything come with the [export] extra only
     from segment_anything.modeling import Sam
 
@@ -91,7 +93,7 @@ def get_architecture(model_type: str) -> SamArchitecture:
     try:
         return ARCHITECTURES[model_type]
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"unknown model type {model_type!r}: expected one of {sorted(ARCHITECTURES)}"
         ) from None
 

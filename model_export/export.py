@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from components.io.registry import MANIFEST_FORMAT, MANIFEST_NAME, file_sha256
+from components.errors import InputError, S2samError
+from components.io.files import file_sha256
+from components.io.registry import MANIFEST_FORMAT, MANIFEST_NAME
 from components.version import __version__
 from model_export.architectures import SamArchitecture, get_architecture
 from model_export.weights import WeightsInfo, resolve_weights
@@ -53,7 +55,7 @@ ENCODER_FP16_FILE = "encoder_fp16.onnx"
 UPSCALE_FILE = "upscale.onnx"
 
 
-class ExportError(RuntimeError):
+class ExportError(S2samError):
     """The export or its parity check failed; nothing was written to the output."""
 
 
@@ -482,7 +484,7 @@ def run_export(
     arch = get_architecture(model_type)
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
-        raise ValueError(f"output directory {output_dir} exists and is not empty")
+        raise InputError(f"output directory {output_dir} exists and is not empty")
     sam, weights = resolve_weights(
         arch,
         checkpoint=checkpoint,

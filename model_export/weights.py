@@ -6,17 +6,17 @@ registered version (and each mask made with it) can be traced to exact bytes.
 
 from __future__ import annotations
 
-import os
 import sys
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from components.io.registry import file_sha256
+from components.errors import InputError, IntegrityError, ServiceError
+from components.io.files import cache_dir as s2sam_cache_dir
+from components.io.files import file_sha256
+from components.io.network import NetworkOptions, redact, with_retries
 from model_export.architectures import SamArchitecture, build_sam
 
 if TYPE_CHECKING:
@@ -69,18 +69,6 @@ class WeightsInfo:
         return asdict(self)
 
 
-class WeightsError(ValueError):
-    """A checkpoint that cannot be fetched, read, verified or loaded."""
-
-
-def default_cache_dir() -> Path:
-    """``$S2SAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/s2sam``, else ``~/.cache/s2sam``."""
-    if env := os.environ.get("S2SAM_CACHE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "s2sam"
-
-
 ProgressFn = Callable[[int, int], None]
 
 
@@ -117,35 +105,33 @@ def download_checkpoint(
             return final
         final.unlink()
     part = cache_dir / f"{name}.part"
-    last_error: Exception | None = None
-    for attempt in range(retries):
+
+    def attempt() -> None:
         done = part.stat().st_size if part.exists() else 0
         request = urllib.request.Request(official.url)
         if done:
             request.add_header("Range", f"bytes={done}-")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                if done and response.status != 206:  # server ignored the range: start over
-                    done = 0
-                mode = "ab" if done else "wb"
-                with open(part, mode) as out:
-                    while block := response.read(1 << 20):
-                        out.write(block)
-                        done += len(block)
-                        if progress:
-                            progress(done, official.size)
-            break
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-            last_error = err
-            time.sleep(min(2**attempt, 30))
-    else:
-        raise WeightsError(
-            f"could not download {official.url} after {retries} attempts: {last_error}"
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if done and response.status != 206:  # server ignored the range: start over
+                done = 0
+            with open(part, "ab" if done else "wb") as out:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, official.size)
+
+    def give_up(err: BaseException, attempts: int) -> ServiceError:
+        return ServiceError(
+            f"could not download {official.url} after {attempts} attempts: {redact(str(err))}"
         )
+
+    network = NetworkOptions(timeout_s=timeout, retries=max(0, retries - 1), backoff_s=1.0)
+    with_retries(attempt, network, f"download of {official.url}", give_up=give_up)
     digest = file_sha256(part)
     if digest != official.sha256:
         part.unlink()
-        raise WeightsError(
+        raise IntegrityError(
             f"downloaded {official.url} has sha256 {digest}, expected {official.sha256}; "
             "the partial file was removed, try again"
         )
@@ -158,17 +144,15 @@ def load_checkpoint(path: Path, arch: SamArchitecture) -> Sam:
     import torch
 
     if not path.is_file():
-        raise WeightsError(f"checkpoint {path} does not exist")
+        raise InputError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt or foreign file
-        raise WeightsError(
-            f"checkpoint {path} is not a readable PyTorch checkpoint: {err}"
-        ) from err
+        raise InputError(f"checkpoint {path} is not a readable PyTorch checkpoint: {err}") from err
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):
-        raise WeightsError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+        raise InputError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
     sam = build_sam(arch)
     expected = sam.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -188,7 +172,7 @@ def load_checkpoint(path: Path, arch: SamArchitecture) -> Sam:
             details.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
         if unexpected:
             details.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
-        raise WeightsError(
+        raise InputError(
             f"checkpoint {path} does not fit model type {arch.name!r}: " + "; ".join(details)
         )
     sam.load_state_dict(state)
@@ -227,21 +211,21 @@ def resolve_weights(
     """Load the model from exactly one weights source and describe that source."""
     if random_weights:
         if checkpoint is not None:
-            raise WeightsError("give either a checkpoint or --random-weights, not both")
+            raise InputError("give either a checkpoint or --random-weights, not both")
         if seed is None:
-            raise WeightsError("--random-weights needs --seed N so the weights are reproducible")
+            raise InputError("--random-weights needs --seed N so the weights are reproducible")
         return random_sam(arch, seed), WeightsInfo("random", f"seed={seed}", None, seed)
     if seed is not None:
-        raise WeightsError("--seed only applies with --random-weights")
+        raise InputError("--seed only applies with --random-weights")
     if checkpoint is not None:
         path = Path(checkpoint).expanduser().resolve()
         sam = load_checkpoint(path, arch)
         return sam, WeightsInfo("checkpoint", str(path), file_sha256(path))
     official = OFFICIAL_CHECKPOINTS.get(arch.name)
     if official is None:
-        raise WeightsError(
+        raise InputError(
             f"model type {arch.name!r} has no published checkpoint: give --checkpoint PATH "
             "or --random-weights --seed N"
         )
-    path = download_checkpoint(official, (cache_dir or default_cache_dir()) / "checkpoints")
+    path = download_checkpoint(official, (cache_dir or s2sam_cache_dir()) / "checkpoints")
     return load_checkpoint(path, arch), WeightsInfo("official", official.url, official.sha256)

@@ -1,8 +1,10 @@
 """The ``s2sam`` command line.
 
 Subcommands are added by the modules that implement them; each handler
-returns a process exit code. Errors a user can fix (bad input) are printed as
-one line on stderr with exit code 2, never as a traceback.
+returns a process exit code. The project's own errors (:mod:`components.errors`)
+are printed as one line on stderr with the exit code of their kind (2: the user's
+input; 1: no data, a service that keeps failing); anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -12,12 +14,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from components.errors import S2samError, exit_code
 from components.version import __version__
-
-
-class UserError(Exception):
-    """An error caused by the user's input: shown as one line, exit code 2."""
-
 
 COMMAND_MODULES: tuple[str, ...] = (
     "pipelines.commands.ingest",
@@ -57,9 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         code: int = handler(args)
-    except (UserError, ValueError) as exc:
+    except S2samError as exc:
         print(f"s2sam {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     return code
 
 

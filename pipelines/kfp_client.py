@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
-import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+
+from components.errors import InputError, ServiceError
+from components.io.network import (
+    NetworkOptions,
+    causes,
+    failure_reason,
+    timed_out,
+    with_retries,
+)
 
 API = "/apis/v2beta1"
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
@@ -37,28 +41,31 @@ UI_HOST_ENV = "KF_PIPELINES_UI_ENDPOINT"
 FINAL_RUN_STATES = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"})
 
 
-class KfpError(Exception):
+class KfpError(ServiceError):
     """The KFP API failed or could not be reached (exit code 1)."""
 
 
-class KfpAuthError(KfpError):
-    """The KFP API refused the credentials (401/403): the user has to fix them."""
+class KfpAuthError(InputError):
+    """The KFP API refused the credentials (401/403): the user has to fix them (exit 2)."""
 
 
 class KfpNotFound(KfpError):
     """The KFP API answered 404."""
 
 
-@dataclass(frozen=True)
-class Network:
-    """Timeouts and retries of every request."""
+DEFAULT_NETWORK = NetworkOptions(timeout_s=30.0, retries=3, backoff_s=0.3)
+"""A KFP API answers fast or not at all: short waits between the bounded retries."""
+RETRIED_STATUS = frozenset({502, 503, 504})
+"""Answers of a gateway in front of the API that a retry of an idempotent call may pass."""
+IDEMPOTENT = frozenset({"GET", "DELETE"})
 
-    timeout_s: float = 30.0
-    """Connect and read timeout of one attempt."""
-    retries: int = 3
-    """Further attempts after a connection failure or a 502/503/504 of an idempotent call."""
-    backoff_s: float = 0.3
-    """First wait between attempts; doubled each time."""
+
+class _RetryableAnswer(Exception):
+    """A 502/503/504 answer to an idempotent call: retried by the network helper."""
+
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
 
 
 class KfpClient:
@@ -71,31 +78,16 @@ class KfpClient:
         *,
         ui_host: str | None = None,
         namespace: str | None = None,
-        network: Network | None = None,
+        network: NetworkOptions | None = None,
     ) -> None:
         parts = urlsplit(host)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"--host {host!r} is not an http(s) URL, e.g. http://localhost:8080")
+            raise InputError(f"--host {host!r} is not an http(s) URL, e.g. http://localhost:8080")
         self.host = host.rstrip("/")
         self.ui_host = (ui_host or self.host).rstrip("/")
         self.namespace = namespace or None
-        self.network = network or Network()
+        self.network = network or DEFAULT_NETWORK
         self._session = requests.Session()
-        retry = Retry(
-            total=self.network.retries,
-            connect=self.network.retries,
-            read=self.network.retries,
-            status=self.network.retries,
-            other=0,
-            backoff_factor=self.network.backoff_s,
-            status_forcelist=(502, 503, 504),
-            allowed_methods=frozenset({"GET", "DELETE"}),
-            raise_on_status=False,
-            respect_retry_after_header=False,
-        )
-        adapter = HTTPAdapter(max_retries=retry)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
         self._session.headers["Accept"] = "application/json"
         if token:
             self._session.headers["Authorization"] = f"Bearer {token}"
@@ -121,27 +113,26 @@ class KfpClient:
         """One API call; the decoded JSON answer (``{}`` when empty)."""
         url = f"{self.host}{API}{path}"
         what = f"{method} {API}{path}"
-        try:
+        query = {k: v for k, v in (params or {}).items() if v not in (None, "")}
+
+        def send() -> requests.Response:
             response = self._session.request(
-                method,
-                url,
-                params={k: v for k, v in (params or {}).items() if v not in (None, "")},
-                json=body,
-                files=files,
-                timeout=self.network.timeout_s,
+                method, url, params=query, json=body, files=files, timeout=self.network.timeout_s
             )
-        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as err:
-            if not _timed_out(err):
-                raise KfpError(
-                    f"cannot reach the KFP API at {self.host} ({_reason(err)}); check --host "
-                    "and that the API is reachable from here (e.g. kubectl port-forward)"
-                ) from None
-            raise KfpError(
-                f"the KFP API at {self.host} did not answer {what} within "
-                f"{self.network.timeout_s:g} s (tried {self.network.retries + 1} times)"
-            ) from None
-        except requests.exceptions.RequestException as err:
-            raise KfpError(f"{what} at {self.host} failed: {_reason(err)}") from None
+            if method in IDEMPOTENT and response.status_code in RETRIED_STATUS:
+                raise _RetryableAnswer(response)
+            return response
+
+        def retry(err: BaseException) -> bool:
+            if method in IDEMPOTENT:
+                return isinstance(
+                    err, _RetryableAnswer | requests.exceptions.Timeout | requests.ConnectionError
+                )
+            return _never_connected(err)  # a POST is retried only if it never left
+
+        response = with_retries(
+            send, self.network, what, transient=retry, give_up=self._failed(what)
+        )
         if response.status_code in (401, 403):
             raise KfpAuthError(
                 f"the KFP API at {self.host} refused {what} with HTTP {response.status_code} "
@@ -167,6 +158,30 @@ class KfpClient:
         if not isinstance(data, dict):
             raise KfpError(f"{what} answered {type(data).__name__}, expected a JSON object")
         return data
+
+    def _failed(self, what: str) -> Any:
+        """How a request that still fails after the retries is reported."""
+
+        def give_up(err: BaseException, attempts: int) -> ServiceError:
+            if isinstance(err, _RetryableAnswer):
+                return KfpError(
+                    f"the KFP API at {self.host} answered {what} with HTTP "
+                    f"{err.response.status_code}: {_message(err.response)}"
+                )
+            if isinstance(err, requests.exceptions.Timeout | requests.ConnectionError):
+                if not timed_out(err):
+                    return KfpError(
+                        f"cannot reach the KFP API at {self.host} ({failure_reason(err)}); "
+                        "check --host and that the API is reachable from here (e.g. kubectl "
+                        "port-forward)"
+                    )
+                return KfpError(
+                    f"the KFP API at {self.host} did not answer {what} within "
+                    f"{self.network.timeout_s:g} s (tried {attempts} times)"
+                )
+            return KfpError(f"{what} at {self.host} failed: {failure_reason(err)}")
+
+        return give_up
 
     def _pages(self, path: str, key: str, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         token = ""
@@ -296,53 +311,16 @@ def _equals(key: str, value: str) -> str:
     )
 
 
-def _causes(err: BaseException) -> Iterator[BaseException]:
-    """The error, the errors in its args (urllib3 wraps its reason there) and its causes."""
-    seen: set[int] = set()
-    stack = [err]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        stack.extend(a for a in current.args if isinstance(a, BaseException))
-        stack.extend(
-            getattr(current, n)
-            for n in ("reason", "__cause__", "__context__")
-            if isinstance(getattr(current, n, None), BaseException)
+def _never_connected(err: BaseException) -> bool:
+    """Whether a request failed before a connection was made (so nothing was sent)."""
+    import urllib3
+
+    return any(
+        isinstance(
+            e, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
         )
-
-
-def _timed_out(err: BaseException) -> bool:
-    """Whether a requests error is a timeout.
-
-    After its retries urllib3 raises ``MaxRetryError``, which requests turns into a
-    ``ConnectionError`` even when every attempt timed out.
-    """
-    for e in _causes(err):
-        if isinstance(e, urllib3.exceptions.NewConnectionError):
-            continue  # refused or unroutable; urllib3 derives it from ConnectTimeoutError
-        if isinstance(e, TimeoutError | urllib3.exceptions.TimeoutError | requests.Timeout):
-            return True
-    return False
-
-
-def _reason(err: BaseException) -> str:
-    """The innermost cause of a requests error, without URLs (they may carry tokens)."""
-    causes = list(_causes(err))
-    if any(isinstance(e, ConnectionRefusedError) or "Connection refused" in str(e) for e in causes):
-        return "connection refused"
-    if any(
-        "Name or service not known" in str(e)
-        or "nodename nor servname" in str(e)
-        or "Temporary failure in name resolution" in str(e)
-        for e in causes
-    ):
-        return "unknown host name"
-    if any(isinstance(e, ssl.SSLError) for e in causes):
-        return "TLS error: is the CA bundle right? (REQUESTS_CA_BUNDLE)"
-    return type(causes[-1]).__name__
+        for e in causes(err)
+    )
 
 
 def _message(response: requests.Response) -> str:
@@ -385,9 +363,9 @@ def _read_token(path: Path, what: str) -> str:
     try:
         token = path.read_text().strip()
     except OSError as err:
-        raise ValueError(f"{what} {path}: {err.strerror}") from None
+        raise InputError(f"{what} {path}: {err.strerror}") from None
     if not token:
-        raise ValueError(f"{what} {path} is empty")
+        raise InputError(f"{what} {path} is empty")
     return token
 
 
@@ -402,7 +380,7 @@ def kube_config_token(context: str = "") -> str:
             ConfigException,
         )
     except ImportError:  # pragma: no cover - kfp depends on kubernetes
-        raise ValueError("--kube-context needs the 'kubernetes' package") from None
+        raise InputError("--kube-context needs the 'kubernetes' package") from None
     configuration = client.Configuration()
     try:
         config.load_kube_config(
@@ -411,11 +389,11 @@ def kube_config_token(context: str = "") -> str:
             client_configuration=configuration,
         )
     except (ConfigException, OSError) as err:
-        raise ValueError(f"kube config: {err}") from None
+        raise InputError(f"kube config: {err}") from None
     value = str(configuration.api_key.get("authorization") or "")
     token = value.removeprefix("Bearer ").strip()
     if not token:
-        raise ValueError(
+        raise InputError(
             f"kube context {context or '(current)'} has no bearer token (client certificates "
             f"are not accepted by the KFP API); use ${TOKEN_ENV} or --token-file"
         )

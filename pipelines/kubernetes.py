@@ -47,6 +47,8 @@ from typing import Any, Literal, get_args
 from kfp import dsl
 from kfp import kubernetes as k8s
 
+from components.errors import InputError
+
 TaskKind = Literal["ingest", "light", "merge", "inference", "export"]
 """Resource/retry profiles: every pipeline task is one of these."""
 
@@ -78,7 +80,7 @@ class Resources:
         for f in fields(self):
             value = getattr(self, f.name)
             if value and not _QUANTITY.match(value):
-                raise ValueError(
+                raise InputError(
                     f"{f.name} {value!r} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)"
                 )
 
@@ -94,11 +96,11 @@ class Toleration:
 
     def __post_init__(self) -> None:
         if self.operator not in ("Exists", "Equal"):
-            raise ValueError(f"toleration operator must be Exists or Equal, got {self.operator!r}")
+            raise InputError(f"toleration operator must be Exists or Equal, got {self.operator!r}")
         if self.operator == "Exists" and self.value:
-            raise ValueError(f"toleration {self.key!r}: operator Exists takes no value")
+            raise InputError(f"toleration {self.key!r}: operator Exists takes no value")
         if self.effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute", ""):
-            raise ValueError(f"toleration {self.key!r}: unknown effect {self.effect!r}")
+            raise InputError(f"toleration {self.key!r}: unknown effect {self.effect!r}")
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,10 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.retries < 0:
-            raise ValueError(f"retries must be >= 0, got {self.retries}")
+            raise InputError(f"retries must be >= 0, got {self.retries}")
         for name in ("backoff", "backoff_max"):
             if not _DURATION.match(getattr(self, name)):
-                raise ValueError(f"{name} {getattr(self, name)!r} is not a duration like '30s'")
+                raise InputError(f"{name} {getattr(self, name)!r} is not a duration like '30s'")
 
 
 DEFAULT_RESOURCES: Mapping[TaskKind, Resources] = {
@@ -200,30 +202,30 @@ class ClusterSettings:
             missing = kinds - set(table)
             unknown = set(table) - kinds
             if missing or unknown:
-                raise ValueError(
+                raise InputError(
                     f"{name} needs exactly the task kinds {sorted(kinds)}: "
                     f"missing {sorted(missing)}, unknown {sorted(unknown)}"
                 )
         for kind, seconds in self.timeouts_s.items():
             if not isinstance(seconds, int) or seconds < 0:
-                raise ValueError(f"timeouts_s[{kind!r}] must be whole seconds >= 0 (0: none)")
+                raise InputError(f"timeouts_s[{kind!r}] must be whole seconds >= 0 (0: none)")
         if self.gpus_per_inference_task < 1:
-            raise ValueError("gpus_per_inference_task must be at least 1")
+            raise InputError("gpus_per_inference_task must be at least 1")
         for value in (self.pc_secret, self.mlflow_secret, self.cache_pvc, *self.image_pull_secrets):
             if value and not _DNS_NAME.match(value):
-                raise ValueError(f"{value!r} is not a valid Kubernetes object name")
+                raise InputError(f"{value!r} is not a valid Kubernetes object name")
         if not self.pc_secret or not self.mlflow_secret:
-            raise ValueError("pc_secret and mlflow_secret need a name")
+            raise InputError("pc_secret and mlflow_secret need a name")
         for key in (self.pc_secret_key, self.mlflow_uri_key, *self.mlflow_credential_keys):
             if not _SECRET_KEY.match(key):
-                raise ValueError(f"{key!r} is not a valid secret key")
+                raise InputError(f"{key!r} is not a valid secret key")
         for key in self.mlflow_credential_keys:
             if not _ENV_NAME.match(key):
-                raise ValueError(f"MLflow credential key {key!r} must also be an env var name")
+                raise InputError(f"MLflow credential key {key!r} must also be an env var name")
         if self.cache_size_limit and not _QUANTITY.match(self.cache_size_limit):
-            raise ValueError(f"cache_size_limit {self.cache_size_limit!r} is not a quantity")
+            raise InputError(f"cache_size_limit {self.cache_size_limit!r} is not a quantity")
         if not self.cache_mount_path.startswith("/"):
-            raise ValueError(f"cache_mount_path {self.cache_mount_path!r} must be absolute")
+            raise InputError(f"cache_mount_path {self.cache_mount_path!r} must be absolute")
 
     def with_resources(self, kind: TaskKind, **changes: str) -> ClusterSettings:
         """A copy with some of one kind's resources changed, e.g. ``memory_limit="64Gi"``."""
@@ -240,7 +242,7 @@ class ClusterSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown cluster settings {unknown}; known: {sorted(known)}")
+            raise InputError(f"unknown cluster settings {unknown}; known: {sorted(known)}")
         base = cls()
         kwargs: dict[str, Any] = {}
         for name, value in data.items():
@@ -256,39 +258,39 @@ class ClusterSettings:
                 kwargs[name] = _merge_table(base.timeouts_s, value, lambda _old, new: new)
             elif name in ("gpu_tolerations", "cpu_tolerations"):
                 if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
-                    raise ValueError(f"{name} must be a list of tolerations (key, operator, ...)")
+                    raise InputError(f"{name} must be a list of tolerations (key, operator, ...)")
                 try:
                     kwargs[name] = tuple(Toleration(**t) for t in value)
                 except TypeError as err:
-                    raise ValueError(f"{name}: {err}") from None
+                    raise InputError(f"{name}: {err}") from None
             elif name in ("image_pull_secrets", "mlflow_credential_keys"):
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise ValueError(f"{name} must be a list of names")
+                    raise InputError(f"{name} must be a list of names")
                 kwargs[name] = tuple(value)
             else:
                 default = getattr(base, name)
                 kind = Mapping if isinstance(default, Mapping) else type(default)
                 if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
-                    raise ValueError(f"{name} must be of type {kind.__name__}, got {value!r}")
+                    raise InputError(f"{name} must be of type {kind.__name__}, got {value!r}")
                 if kind is Mapping and not all(
                     isinstance(k, str) and isinstance(v, str) for k, v in value.items()
                 ):
-                    raise ValueError(f"{name} must map label names to string values")
+                    raise InputError(f"{name} must map label names to string values")
                 kwargs[name] = value
         return replace(base, **kwargs)
 
 
 def _merge_table(base: Mapping[TaskKind, Any], changes: Any, merge: Any) -> dict[TaskKind, Any]:
     if not isinstance(changes, Mapping):
-        raise ValueError(f"expected a mapping of task kind to settings, got {changes!r}")
+        raise InputError(f"expected a mapping of task kind to settings, got {changes!r}")
     table = dict(base)
     for kind, value in changes.items():
         if kind not in table:
-            raise ValueError(f"unknown task kind {kind!r}; known: {sorted(table)}")
+            raise InputError(f"unknown task kind {kind!r}; known: {sorted(table)}")
         try:
             table[kind] = merge(table[kind], value)
         except TypeError as err:
-            raise ValueError(f"settings of task kind {kind!r}: {err}") from None
+            raise InputError(f"settings of task kind {kind!r}: {err}") from None
     return table
 
 
@@ -301,7 +303,7 @@ def load_cluster_settings(path: str | os.PathLike[str] | None = None) -> Cluster
     try:
         text = file.read_text()
     except OSError as err:
-        raise ValueError(f"cluster settings file {file}: {err.strerror}") from None
+        raise InputError(f"cluster settings file {file}: {err.strerror}") from None
     if file.suffix == ".json":
         data = json.loads(text)
     else:
@@ -311,11 +313,11 @@ def load_cluster_settings(path: str | os.PathLike[str] | None = None) -> Cluster
     if data is None:
         return ClusterSettings()
     if not isinstance(data, Mapping):
-        raise ValueError(f"cluster settings file {file} must hold a mapping")
+        raise InputError(f"cluster settings file {file} must hold a mapping")
     try:
         return ClusterSettings.from_mapping(data)
     except ValueError as err:
-        raise ValueError(f"cluster settings file {file}: {err}") from None
+        raise InputError(f"cluster settings file {file}: {err}") from None
 
 
 # --- applying settings to tasks --------------------------------------------------------
@@ -351,7 +353,7 @@ def configure_cpu_task(
     """
     s = settings or ClusterSettings()
     if kind not in get_args(CpuTaskKind):
-        raise ValueError(f"kind must be one of {get_args(CpuTaskKind)}, got {kind!r}")
+        raise InputError(f"kind must be one of {get_args(CpuTaskKind)}, got {kind!r}")
     _schedule(task, s.cpu_node_selector, s.cpu_tolerations)
     _common(task, s, kind)
     if planetary_computer if planetary_computer is not None else kind == "ingest":

@@ -3,7 +3,7 @@
 Tasks run as subprocesses of this Python (``SubprocessRunner(use_venv=False)``), so
 they see this environment: the embedded MLflow store, ``$S2SAM_*`` and
 ``$MLFLOW_TRACKING_URI``. Task logs go to ``run.log`` in the output folder; a failing
-task's own one-line message (see ``components.workflow.report_step_errors``) is what
+task's own one-line message (see :mod:`components.steps.reporting`) is what
 the user sees, not KFP's traceback.
 """
 
@@ -23,15 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from components.errors import TaskFailed
+from components.steps.reporting import parse_step_error
 from components.version import __version__
-from components.workflow import STEP_ERROR_MARKER
-from pipelines.definitions import LOCAL_PIPELINES
 
 SINKS = ("s2_raster", "segmentation_mask", "polygons")
-
-
-class PipelineFailed(RuntimeError):
-    """A task failed; the message is that task's own error line."""
 
 
 @dataclass(frozen=True)
@@ -72,10 +68,12 @@ class _ProgressLog(io.TextIOBase):
         self._log.flush()
 
 
-def _task_error(log: Path) -> str | None:
+def _task_error(log: Path) -> tuple[str, int] | None:
+    """The failing task's own message and exit code, from its marked line in the log."""
     for line in reversed(log.read_text(errors="replace").splitlines()):
-        if STEP_ERROR_MARKER in line:
-            return line.split(STEP_ERROR_MARKER, 1)[1].strip()
+        found = parse_step_error(line)
+        if found is not None:
+            return found
     return None
 
 
@@ -95,11 +93,14 @@ def run_pipeline(
     """Run pipeline ``name`` with ``arguments``; copy its sinks into ``output_dir``.
 
     Raises:
-        PipelineFailed: A task failed; the message names the task and its error.
+        TaskFailed: A task failed; the message names the task and its error, the exit
+            code is that of the error's kind.
     """
     from kfp import local
 
-    pipeline = LOCAL_PIPELINES[name]
+    from pipelines.definitions import local_pipelines
+
+    pipeline = local_pipelines()[name]
     output_dir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="kfp-root-", dir=output_dir))
     log = output_dir / "run.log"
@@ -121,8 +122,8 @@ def run_pipeline(
             # "task finished" lines stay on stderr as progress
             task = pipeline(**arguments)
     except RuntimeError as err:
-        message = _task_error(log) or str(err)
-        raise PipelineFailed(f"{message} (task logs: {log})") from None
+        message, code = _task_error(log) or (str(err), 1)
+        raise TaskFailed(f"{message} (task logs: {log})", code) from None
     seconds = time.perf_counter() - started
     sinks: dict[str, Path] = {}
     outputs = task.outputs if isinstance(task.outputs, dict) else {"output": task.outputs}

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from components.errors import InputError
 from components.version import __version__
 from pipelines.kfp_client import (
     FINAL_RUN_STATES,
@@ -58,10 +59,6 @@ SECRET_ENVS = (
 )
 """Environment variables whose values must never leave in a request body."""
 _SECRET_NAME = re.compile(r"(^|_)(key|token|password|secret|credentials?)($|_)", re.IGNORECASE)
-
-
-class SubmitError(ValueError):
-    """A mistake in what the user asked for (shown as one line, exit code 2)."""
 
 
 # --- the compiled package -----------------------------------------------------------
@@ -112,18 +109,18 @@ def resolve_package_path(pipeline: str, compiled_dir: Path | None = None) -> Pat
     candidate = Path(pipeline)
     if candidate.suffix in (".yaml", ".yml", ".json") or os.sep in pipeline:
         if not candidate.is_file():
-            raise SubmitError(f"compiled pipeline {pipeline} does not exist")
+            raise InputError(f"compiled pipeline {pipeline} does not exist")
         return candidate
     name = pipeline.replace("-", "_")
     path = compiled_dir / f"{name}.yaml"
     if path.is_file():
         return path
     if name in KNOWN_PIPELINES:
-        raise SubmitError(
+        raise InputError(
             f"pipeline {name} is not compiled here ({path} is missing); run `s2sam compile` "
             "or give the path of a compiled YAML"
         )
-    raise SubmitError(
+    raise InputError(
         f"unknown pipeline {pipeline!r}; give one of {', '.join(KNOWN_PIPELINES)} "
         "or the path of a compiled pipeline YAML"
     )
@@ -135,10 +132,10 @@ def load_package(path: Path) -> PipelinePackage:
     try:
         documents = [d for d in yaml.safe_load_all(content) if d is not None]
     except yaml.YAMLError as err:
-        raise SubmitError(f"{path} is not YAML: {err}") from None
+        raise InputError(f"{path} is not YAML: {err}") from None
     spec = next((d for d in documents if isinstance(d, dict) and "pipelineInfo" in d), None)
     if spec is None:
-        raise SubmitError(f"{path} is not a compiled KFP v2 pipeline (no pipelineInfo)")
+        raise InputError(f"{path} is not a compiled KFP v2 pipeline (no pipelineInfo)")
     root = spec.get("root") or {}
     parameters = {}
     for name, definition in ((root.get("inputDefinitions") or {}).get("parameters") or {}).items():
@@ -178,13 +175,13 @@ def read_parameter_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
-        raise SubmitError(f"parameter file {path}: {err.strerror}") from None
+        raise InputError(f"parameter file {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
-        raise SubmitError(f"parameter file {path} is not YAML/JSON: {err}") from None
+        raise InputError(f"parameter file {path} is not YAML/JSON: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise SubmitError(f"parameter file {path} must hold a mapping of name: value")
+        raise InputError(f"parameter file {path} must hold a mapping of name: value")
     return data
 
 
@@ -194,13 +191,13 @@ def parse_param_flags(flags: Sequence[str]) -> dict[str, str]:
     for flag in flags:
         name, sep, value = flag.partition("=")
         if not sep or not name.strip():
-            raise SubmitError(f"--param {flag!r} is not name=value")
+            raise InputError(f"--param {flag!r} is not name=value")
         if value.startswith("@"):
             file = Path(value[1:])
             try:
                 value = file.read_text()
             except OSError as err:
-                raise SubmitError(f"--param {name}=@{file}: {err.strerror}") from None
+                raise InputError(f"--param {name}=@{file}: {err.strerror}") from None
         params[name.strip()] = value
     return params
 
@@ -221,14 +218,14 @@ def build_parameters(
         values[name] = _from_text(package, name, text)
     unknown = sorted(set(values) - set(package.parameters))
     if unknown:
-        raise SubmitError(
+        raise InputError(
             f"pipeline {package.name} has no parameter {', '.join(unknown)}; it takes: "
             + ", ".join(sorted(package.parameters))
         )
     checked = {name: _check_type(package.parameters[name], value) for name, value in values.items()}
     missing = [p.name for p in package.parameters.values() if p.required and p.name not in checked]
     if missing:
-        raise SubmitError(f"pipeline {package.name} needs parameter(s) {', '.join(missing)}")
+        raise InputError(f"pipeline {package.name} needs parameter(s) {', '.join(missing)}")
     refuse_secrets(checked, environ)
     return checked
 
@@ -249,11 +246,11 @@ def _from_text(package: PipelinePackage, name: str, text: str) -> Any:
                 return True
             if lowered in ("false", "0", "no"):
                 return False
-            raise ValueError(text)
+            raise InputError(text)
         if kind in ("LIST", "STRUCT"):
             return yaml.safe_load(text)
     except (ValueError, yaml.YAMLError):
-        raise SubmitError(f"--param {name}={text!r} is not a valid {kind}") from None
+        raise InputError(f"--param {name}={text!r} is not a valid {kind}") from None
     return text
 
 
@@ -271,7 +268,7 @@ def _check_type(parameter: Parameter, value: Any) -> Any:
     kind = parameter.type
     ok = _TYPE_CHECKS.get(kind, lambda _v: True)
     if not ok(value):
-        raise SubmitError(
+        raise InputError(
             f"parameter {parameter.name} must be {kind}, got {type(value).__name__} {value!r:.60}"
         )
     if kind == "NUMBER_DOUBLE":
@@ -283,13 +280,13 @@ def refuse_secrets(params: Mapping[str, Any], environ: Mapping[str, str] | None 
     """Refuse credentials as parameters: they would be stored and shown by KFP.
 
     Raises:
-        SubmitError: A non-empty parameter named like a credential, or any value that
+        InputError: A non-empty parameter named like a credential, or any value that
             contains the value of a credential variable of this environment.
     """
     env = os.environ if environ is None else environ
     for name, value in params.items():
         if _SECRET_NAME.search(name) and value not in ("", None):
-            raise SubmitError(
+            raise InputError(
                 f"parameter {name} looks like a credential: pipeline parameters are stored in "
                 "the KFP database and shown in its UI; put it in a Kubernetes secret "
                 "(README: Running on Kubeflow)"
@@ -299,7 +296,7 @@ def refuse_secrets(params: Mapping[str, Any], environ: Mapping[str, str] | None 
         text = json.dumps(value) if not isinstance(value, str) else value
         for env_name, secret in secrets:
             if secret in text:
-                raise SubmitError(
+                raise InputError(
                     f"parameter {name} contains the value of ${env_name}; credentials are "
                     "never sent as pipeline parameters"
                 )
@@ -320,7 +317,7 @@ def refuse_secrets_in_package(
     text = package.content.decode(errors="replace")
     for env_name, secret in _secret_values(os.environ if environ is None else environ):
         if secret in text:
-            raise SubmitError(
+            raise InputError(
                 f"{package.path} contains the value of ${env_name}: recompile without it "
                 "(credentials belong in Kubernetes secrets, not in the pipeline)"
             )
@@ -501,7 +498,7 @@ def kfp_cron(expression: str) -> str:
     if len(fields_) == 5:
         fields_ = ["0", *fields_]
     if len(fields_) != 6 or not all(_CRON_FIELD.match(f) for f in fields_):
-        raise SubmitError(
+        raise InputError(
             f"--cron {expression!r} is not a cron expression: give 6 fields "
             "(second minute hour day-of-month month day-of-week, e.g. '0 0 6 * * MON'), "
             "5 standard fields, or @daily/@weekly/@monthly"
@@ -517,9 +514,9 @@ def interval_seconds(text: str) -> int:
     elif compact and _DURATION.sub("", compact) == "":
         seconds = sum(int(n) * _DURATION_S[u] for n, u in _DURATION.findall(compact))
     else:
-        raise SubmitError(f"--interval {text!r} is not a duration like 7d, 12h or 1d12h")
+        raise InputError(f"--interval {text!r} is not a duration like 7d, 12h or 1d12h")
     if seconds < 60:
-        raise SubmitError(f"--interval {text!r} is shorter than a minute")
+        raise InputError(f"--interval {text!r} is shorter than a minute")
     return seconds
 
 
@@ -528,7 +525,7 @@ def parse_time(text: str, flag: str) -> str:
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise SubmitError(f"{flag} {text!r} is not an ISO 8601 date or datetime") from None
+        raise InputError(f"{flag} {text!r} is not an ISO 8601 date or datetime") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -569,13 +566,13 @@ def windowed_parameters(
     """A schedule's parameters: ``lookback_days`` set, no dates; and warnings.
 
     Raises:
-        SubmitError: Fixed dates (every run would take the same imagery), a pipeline
+        InputError: Fixed dates (every run would take the same imagery), a pipeline
             without ``lookback_days`` asked for a window, or no window for one that has it.
     """
     params = dict(parameters)
     fixed = [name for name in DATE_PARAMETERS if params.get(name) not in (None, "")]
     if fixed:
-        raise SubmitError(
+        raise InputError(
             f"a recurring run with {', '.join(fixed)} set would process the same imagery every "
             "time; give --lookback-days instead: each run then takes the days before its "
             "own scheduled time"
@@ -585,7 +582,7 @@ def windowed_parameters(
     warnings: list[str] = []
     if WINDOW_PARAMETER not in package.parameters:
         if lookback_days is not None:
-            raise SubmitError(
+            raise InputError(
                 f"pipeline {package.name} has no {WINDOW_PARAMETER} parameter: it takes no "
                 "time window"
             )
@@ -594,7 +591,7 @@ def windowed_parameters(
         params[WINDOW_PARAMETER] = lookback_days
     window = params.get(WINDOW_PARAMETER)
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise SubmitError(
+        raise InputError(
             f"a recurring run of {package.name} needs --lookback-days N (N >= 1): the days "
             "of imagery before each scheduled time"
         )
@@ -661,8 +658,8 @@ def find_recurring_run(client: KfpClient, ref: str) -> dict[str, Any]:
         return by_name[0]
     if by_name:
         ids = ", ".join(str(r.get("recurring_run_id")) for r in by_name)
-        raise SubmitError(f"several recurring runs are named {ref!r}: {ids}; give the id")
-    raise SubmitError(f"no recurring run {ref!r} (see `s2sam schedule list`)")
+        raise InputError(f"several recurring runs are named {ref!r}: {ids}; give the id")
+    raise InputError(f"no recurring run {ref!r} (see `s2sam schedule list`)")
 
 
 def describe_trigger(trigger: Mapping[str, Any]) -> str:

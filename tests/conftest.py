@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+REQUIRE_SHARED_DATA = "S2SAM_REQUIRE_SHARED_DATA"
+"""Set to 1 (CI does) so tests of the real sample data fail, not skip, when it is absent."""
 
 
 def shared_data_dir() -> Path | None:
@@ -18,16 +21,34 @@ def shared_data_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+def missing_shared_data(what: str) -> NoReturn:
+    """Skip a test whose real sample data is absent, or fail it where the data is required."""
+    reason = f"{what} not found: set S2SAM_SHARED_DATA or provide ../shared/data"
+    if os.environ.get(REQUIRE_SHARED_DATA) == "1":
+        pytest.fail(f"{reason} (${REQUIRE_SHARED_DATA}=1: this run must have it)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real sample data folder; tests using it skip when it is absent."""
+    """The real sample data folder (see :func:`missing_shared_data` when it is absent)."""
     path = shared_data_dir()
     if path is None:
-        pytest.skip(
-            "real sample data not found: set S2SAM_SHARED_DATA or provide ../shared/data "
-            "next to the repository"
-        )
+        missing_shared_data("real sample data folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_file(shared_data: Path):  # type: ignore[no-untyped-def]
+    """A file of the sample data, by relative path; absent is a skip or a failure as above."""
+
+    def get(relative: str) -> Path:
+        path = shared_data / relative
+        if not path.exists():
+            missing_shared_data(f"sample file {relative}")
+        return path
+
+    return get
 
 
 # The loopback STAC API and COG host (session fixtures, started on first use); podman

@@ -38,6 +38,7 @@ from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
 from components.core.geojson_crs import LONLAT, document_crs
+from components.errors import InputError
 
 DEFAULT_MAX_AREA_KM2 = 15_000.0
 """Largest area accepted by default: a whole 110 x 110 km tile (12,100 km²) fits."""
@@ -130,15 +131,15 @@ def parse_area(
             says what is wrong (see the module docstring for the rules).
     """
     if not (isinstance(max_area_km2, int | float) and max_area_km2 > 0):
-        raise ValueError(f"max_area_km2 must be a positive number, got {max_area_km2!r}")
+        raise InputError(f"max_area_km2 must be a positive number, got {max_area_km2!r}")
     doc: Any = geojson
     if isinstance(geojson, str):
         try:
             doc = json.loads(geojson)
         except json.JSONDecodeError as err:
-            raise ValueError(f"geometry is not valid JSON: {err}") from err
+            raise InputError(f"geometry is not valid JSON: {err}") from err
     if not isinstance(doc, Mapping):
-        raise ValueError(f"geometry must be a GeoJSON object, got {type(doc).__name__}")
+        raise InputError(f"geometry must be a GeoJSON object, got {type(doc).__name__}")
     crs = document_crs(doc, "geometry ")
     parts = [_polygonal(where, geometry, crs) for where, geometry in _geometries(doc)]
     geometry = parts[0] if len(parts) == 1 else shapely.union_all(parts)
@@ -146,25 +147,25 @@ def parse_area(
         geometry = _reproject(geometry, crs, CRS.from_user_input(LONLAT))
     west, south, east, north = geometry.bounds
     if east - west > 180.0:
-        raise ValueError(
+        raise InputError(
             f"geometry spans {east - west:.1f}° of longitude: areas crossing the "
             "antimeridian are not supported; ingest each side separately"
         )
     if south < UTM_LAT_RANGE[0] or north > UTM_LAT_RANGE[1]:
-        raise ValueError(
+        raise InputError(
             f"geometry reaches latitude {south if south < UTM_LAT_RANGE[0] else north:.3f}, "
             f"outside the UTM range {UTM_LAT_RANGE} where Sentinel-2 tiles are defined"
         )
     area_km2 = geodesic_area_km2(geometry)
     if area_km2 <= 0.0:
-        raise ValueError("geometry has zero area: the area must be a polygon with an inside")
+        raise InputError("geometry has zero area: the area must be a polygon with an inside")
     if area_km2 > max_area_km2:
-        raise ValueError(
+        raise InputError(
             f"geometry covers {area_km2:,.1f} km², more than the limit of "
             f"{max_area_km2:,.1f} km² (max_area_km2); split the area or raise the limit"
         )
     if not isinstance(geometry, Polygon | MultiPolygon):  # pragma: no cover - union of polygons
-        raise ValueError(f"geometry union is a {geometry.geom_type}, not a polygon")
+        raise InputError(f"geometry union is a {geometry.geom_type}, not a polygon")
     return Area(geometry=geometry, area_km2=area_km2)
 
 
@@ -182,7 +183,7 @@ def utm_epsg(lon: float, lat: float) -> int:
     exceptions keep an area in the zone of the tiles that hold it.
     """
     if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lat) > 90 or abs(lon) > 180:
-        raise ValueError(f"not a lon/lat position: ({lon!r}, {lat!r})")
+        raise InputError(f"not a lon/lat position: ({lon!r}, {lat!r})")
     zone = min(int((lon + 180.0) // 6.0) + 1, 60)
     if 56.0 <= lat < 64.0 and 3.0 <= lon < 12.0:
         zone = 32
@@ -208,9 +209,9 @@ def area_grid(
         epsg: The grid's CRS; default the UTM zone of the area's centroid.
     """
     if not (math.isfinite(resolution) and resolution > 0):
-        raise ValueError(f"resolution must be a positive number of metres, got {resolution!r}")
+        raise InputError(f"resolution must be a positive number of metres, got {resolution!r}")
     if not (math.isfinite(margin_m) and margin_m >= 0):
-        raise ValueError(f"margin must be a non-negative number of metres, got {margin_m!r}")
+        raise InputError(f"margin must be a non-negative number of metres, got {margin_m!r}")
     code = utm_epsg(*area.centroid) if epsg is None else epsg
     left, bottom, right, top = project(area.geometry, code).bounds
     return snapped_grid(
@@ -242,20 +243,20 @@ def _geometries(doc: Mapping[str, Any]) -> list[tuple[str, Any]]:
     if kind == "FeatureCollection":
         features = doc.get("features")
         if not isinstance(features, Sequence) or isinstance(features, str):
-            raise ValueError("FeatureCollection 'features' must be a list")
+            raise InputError("FeatureCollection 'features' must be a list")
         if not features:
-            raise ValueError("geometry is empty: the FeatureCollection has no features")
+            raise InputError("geometry is empty: the FeatureCollection has no features")
         out = []
         for i, feature in enumerate(features):
             if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
-                raise ValueError(f"feature {i} is not a GeoJSON Feature")
+                raise InputError(f"feature {i} is not a GeoJSON Feature")
             out.append((f"feature {i}", feature.get("geometry")))
         return out
     if kind == "Feature":
         return [("the feature", doc.get("geometry"))]
     if kind in _GEOMETRY_TYPES:
         return [("the geometry", doc)]
-    raise ValueError(
+    raise InputError(
         "geometry must be a GeoJSON Polygon, MultiPolygon, Feature or FeatureCollection, "
         f"got type {kind!r}"
     )
@@ -264,35 +265,35 @@ def _geometries(doc: Mapping[str, Any]) -> list[tuple[str, Any]]:
 def _polygonal(where: str, geometry: Any, crs: CRS) -> Polygon | MultiPolygon:
     """One validated polygonal geometry (still in its input CRS)."""
     if geometry is None:
-        raise ValueError(f"geometry is empty: {where} has no geometry")
+        raise InputError(f"geometry is empty: {where} has no geometry")
     if not isinstance(geometry, Mapping):
-        raise ValueError(f"{where}: geometry must be a GeoJSON object")
+        raise InputError(f"{where}: geometry must be a GeoJSON object")
     kind = geometry.get("type")
     if kind not in _POLYGONAL:
-        raise ValueError(
+        raise InputError(
             f"{where} is a {kind}, not a polygon: the area must be a Polygon or MultiPolygon"
         )
     if not _all_finite(geometry.get("coordinates")):
-        raise ValueError(f"{where} has non-finite or non-numeric coordinates")
+        raise InputError(f"{where} has non-finite or non-numeric coordinates")
     try:
         geom = shape(geometry)
     except Exception as err:  # shapely raises several types for malformed input
-        raise ValueError(f"{where}: malformed {kind} coordinates ({err})") from err
+        raise InputError(f"{where}: malformed {kind} coordinates ({err})") from err
     if geom.is_empty:
-        raise ValueError(f"geometry is empty: {where} has no coordinates")
+        raise InputError(f"geometry is empty: {where} has no coordinates")
     coords = shapely.get_coordinates(geom)
     if crs.is_geographic:
         lon, lat = coords[:, 0], coords[:, 1]
         if (abs(lon) > 180).any() or (abs(lat) > 90).any():
             bad = coords[((abs(lon) > 180) | (abs(lat) > 90))][0]
-            raise ValueError(
+            raise InputError(
                 f"{where} has coordinates ({bad[0]:g}, {bad[1]:g}) outside lon/lat range: "
                 "GeoJSON positions are longitude, latitude in degrees (projected "
                 "coordinates need a 'crs' member)"
             )
     reason = shapely.is_valid_reason(geom)
     if reason != "Valid Geometry":
-        raise ValueError(f"{where} is {_describe_invalid(reason)}")
+        raise InputError(f"{where} is {_describe_invalid(reason)}")
     assert isinstance(geom, Polygon | MultiPolygon)
     return geom
 
@@ -329,7 +330,7 @@ def _transform_xy(transformer: Transformer, xy: NDArray[np.float64]) -> NDArray[
     x, y = transformer.transform(xy[:, 0], xy[:, 1])
     out = np.column_stack([x, y])
     if not np.isfinite(out).all():
-        raise ValueError("geometry cannot be projected: some positions fall outside the CRS")
+        raise InputError("geometry cannot be projected: some positions fall outside the CRS")
     return out
 
 

@@ -31,6 +31,8 @@ import numpy as np
 from affine import Affine
 from numpy.typing import NDArray
 
+from components.errors import InputError
+
 CHIP_SIZE = 1024
 """SAM's input size: chips are this many pixels on a side."""
 
@@ -38,12 +40,12 @@ CHIP_SIZE = 1024
 def chip_step(size: int, spatial_overlap: float) -> int:
     """Nominal distance between chip starts for a minimum overlap fraction."""
     if not isinstance(size, int) or size < 1:
-        raise ValueError(f"chip size must be a positive integer, got {size!r}")
+        raise InputError(f"chip size must be a positive integer, got {size!r}")
     if not 0.0 <= spatial_overlap < 1.0:
-        raise ValueError(f"spatial_overlap must be in [0, 1), got {spatial_overlap!r}")
+        raise InputError(f"spatial_overlap must be in [0, 1), got {spatial_overlap!r}")
     step = int(size * (1.0 - spatial_overlap))
     if step < 1:
-        raise ValueError(
+        raise InputError(
             f"spatial_overlap={spatial_overlap} leaves a step of {step} px for {size} px "
             "chips; use a smaller overlap"
         )
@@ -53,7 +55,7 @@ def chip_step(size: int, spatial_overlap: float) -> int:
 def axis_starts(dim: int, size: int, spatial_overlap: float) -> NDArray[np.int64]:
     """Chip start offsets along one axis of length ``dim`` (see the module docstring)."""
     if not isinstance(dim, int | np.integer) or dim < 1:
-        raise ValueError(f"scene dimension must be a positive integer, got {dim!r}")
+        raise InputError(f"scene dimension must be a positive integer, got {dim!r}")
     step = chip_step(size, spatial_overlap)
     if dim <= size:
         return np.zeros(1, dtype=np.int64)
@@ -226,7 +228,7 @@ def shard_chips(chip_indices: list[int], n_shards: int) -> list[list[int]]:
     from the scene COG hit nearby tiles.
     """
     if n_shards < 1:
-        raise ValueError(f"number of shards must be >= 1, got {n_shards}")
+        raise InputError(f"number of shards must be >= 1, got {n_shards}")
     n = min(n_shards, len(chip_indices))
     if n == 0:
         return []

@@ -8,6 +8,8 @@ from typing import Any
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
+from components.errors import InputError
+
 LONLAT = "OGC:CRS84"
 """RFC 7946: longitude, latitude on WGS 84."""
 
@@ -27,11 +29,11 @@ def document_crs(doc: Mapping[str, Any], what: str = "") -> CRS:
         if isinstance(props, Mapping):
             name = props.get("name")
     if not isinstance(name, str):
-        raise ValueError(
+        raise InputError(
             f"unsupported {what}'crs' member {member!r}: expected "
             '{"type": "name", "properties": {"name": "EPSG:..."}}'
         )
     try:
         return CRS.from_user_input(name)
     except CRSError as err:
-        raise ValueError(f"{what}'crs' name {name!r} is not a CRS pyproj understands") from err
+        raise InputError(f"{what}'crs' name {name!r} is not a CRS pyproj understands") from err

@@ -30,16 +30,12 @@ is nearest (Manhattan distance, ties to the lower chip index) among the chips th
 returned a mask for that prompt and contain the pixel. On a full grid this is exactly
 the write-interval partition of :mod:`components.core.chips`.
 
-Output rasters are rendered per window (:func:`render_labels`,
-:func:`render_prompt_bands`) so a whole tile never needs one array per mask.
-Instance labels: mask ``k`` of the merged list gets id ``k + 1`` (0 = background);
-where masks overlap, the smaller mask wins the pixel, so a field inside a larger
-region stays visible instead of vanishing under it.
+Output rasters are rendered from the merged masks by :mod:`components.core.rendering`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,9 +45,7 @@ from numpy.typing import NDArray
 from pycocotools import mask as mask_utils
 
 from components.core.chips import Chip, ChipGrid, inner_edges
-
-Box = tuple[int, int, int, int]
-"""Half-open pixel box ``(x0, y0, x1, y1)``: columns ``[x0, x1)``, rows ``[y0, y1)``."""
+from components.core.geometry import Box, intersect_boxes, mask_box, union_box
 
 PromptId = int | str
 
@@ -112,15 +106,6 @@ def mask_from_record(record: dict[str, Any]) -> SceneMask:
     )
 
 
-def mask_box(mask: NDArray[np.bool_]) -> Box | None:
-    """Tight half-open box of a 2-D mask, ``None`` when it is empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-
-
 def masks_from_chip(
     chip: Chip,
     masks: NDArray[np.bool_],
@@ -165,21 +150,7 @@ def masks_from_chip(
 
 
 # ---------------------------------------------------------------------------
-# Box and mask geometry (pure, small)
-
-
-def intersect_boxes(a: Box, b: Box) -> Box | None:
-    """Intersection of two half-open boxes, ``None`` when they share no pixel."""
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    if x0 >= x1 or y0 >= y1:
-        return None
-    return (x0, y0, x1, y1)
-
-
-def union_box(a: Box, b: Box) -> Box:
-    """Smallest box holding both boxes."""
-    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+# Mask geometry (pure, small)
 
 
 def crop(m: SceneMask, region: Box) -> NDArray[np.bool_]:
@@ -433,46 +404,4 @@ def merge_prompted(
                 mask=assembled[y0:y1, x0:x1],
             )
         )
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Output rasters, per window
-
-Window = tuple[int, int, int, int]
-"""``(row_off, col_off, height, width)`` in scene pixels, like rasterio's Window."""
-
-
-def _window_box(window: Window) -> Box:
-    row, col, height, width = window
-    return (col, row, col + width, row + height)
-
-
-def render_labels(masks: Sequence[SceneMask], window: Window) -> NDArray[np.uint32]:
-    """Instance label raster for one window: id ``k + 1`` for ``masks[k]``, 0 elsewhere.
-
-    Larger masks are painted first, so the smallest mask wins an overlapping pixel.
-    """
-    region = _window_box(window)
-    out = np.zeros((window[2], window[3]), dtype=np.uint32)
-    for k in sorted(range(len(masks)), key=lambda k: (-masks[k].area, k)):
-        inter = intersect_boxes(masks[k].box, region)
-        if inter is None:
-            continue
-        out[crop(masks[k], region)] = k + 1
-    return out
-
-
-def render_prompt_bands(
-    masks: Iterable[SceneMask], prompt_order: Sequence[PromptId], window: Window
-) -> NDArray[np.uint8]:
-    """One uint8 0/1 band per prompt_id (in ``prompt_order``) for one window."""
-    region = _window_box(window)
-    band_of = {pid: b for b, pid in enumerate(prompt_order)}
-    out = np.zeros((len(prompt_order), window[2], window[3]), dtype=np.uint8)
-    for m in masks:
-        if m.prompt_id not in band_of:
-            raise ValueError(f"mask for prompt_id {m.prompt_id!r} not in prompt_order")
-        if intersect_boxes(m.box, region) is not None:
-            out[band_of[m.prompt_id]] |= crop(m, region).astype(np.uint8)
     return out

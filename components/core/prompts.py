@@ -43,6 +43,7 @@ from pyproj.exceptions import CRSError
 
 from components.core.chips import Chip
 from components.core.geojson_crs import document_crs
+from components.errors import InputError
 
 PromptId = int | str
 """A prompt group's id; becomes the name of its output band."""
@@ -159,21 +160,21 @@ def parse_prompts(geojson: str | Mapping[str, Any]) -> ParsedPrompts:
         try:
             doc = json.loads(geojson)
         except json.JSONDecodeError as err:
-            raise ValueError(f"prompts are not valid JSON: {err}") from err
+            raise InputError(f"prompts are not valid JSON: {err}") from err
     if not isinstance(doc, Mapping):
-        raise ValueError(
+        raise InputError(
             f"prompts must be a GeoJSON FeatureCollection object, got {type(doc).__name__}"
         )
     if doc.get("type") != "FeatureCollection":
-        raise ValueError(
+        raise InputError(
             f"prompts must be a GeoJSON FeatureCollection, got type {doc.get('type')!r}"
         )
     crs = document_crs(doc)
     raw = doc.get("features")
     if not isinstance(raw, list | tuple):
-        raise ValueError(f"FeatureCollection 'features' must be a list, got {type(raw).__name__}")
+        raise InputError(f"FeatureCollection 'features' must be a list, got {type(raw).__name__}")
     if not raw:
-        raise ValueError("FeatureCollection has no features: at least one prompt is needed")
+        raise InputError("FeatureCollection has no features: at least one prompt is needed")
     features = tuple(_parse_feature(i, f, crs.is_geographic) for i, f in enumerate(raw))
     _check_groups(features)
     return ParsedPrompts(features=features, crs=crs)
@@ -198,13 +199,13 @@ def prompts_to_scene(
     """
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"scene {name} must be a positive integer, got {value!r}")
+            raise InputError(f"scene {name} must be a positive integer, got {value!r}")
     if transform.is_degenerate:
-        raise ValueError(f"raster transform is not invertible: {transform!r}")
+        raise InputError(f"raster transform is not invertible: {transform!r}")
     try:
         dst = CRS.from_user_input(raster_crs)
     except CRSError as err:
-        raise ValueError(f"raster CRS {raster_crs!r} is not a CRS pyproj understands") from err
+        raise InputError(f"raster CRS {raster_crs!r} is not a CRS pyproj understands") from err
     projector = _PixelProjector(parsed.crs, dst, transform)
     scene: Box = (0.0, 0.0, float(width), float(height))
     size = f"{width} x {height} px scene"
@@ -278,7 +279,7 @@ def prompts_to_scene(
         listed = "; ".join(reasons[:_MAX_LISTED_REASONS]) + (
             f"; and {more} more" if more > 0 else ""
         )
-        raise ValueError(f"no usable prompt in the {size}: {listed}")
+        raise InputError(f"no usable prompt in the {size}: {listed}")
     return ScenePrompts(groups=tuple(groups), dropped=tuple(dropped))
 
 
@@ -406,31 +407,31 @@ def _is_number(value: object) -> bool:
 
 def _parse_feature(index: int, feature: object, geographic: bool) -> PromptFeature:
     if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
-        raise ValueError(f"feature {index}: must be a GeoJSON Feature, got {_short(feature)}")
+        raise InputError(f"feature {index}: must be a GeoJSON Feature, got {_short(feature)}")
     props = feature.get("properties")
     if not isinstance(props, Mapping):
-        raise ValueError(f"feature {index}: needs 'properties' with 'label' and 'prompt_id'")
+        raise InputError(f"feature {index}: needs 'properties' with 'label' and 'prompt_id'")
     if "prompt_id" not in props:
-        raise ValueError(f"feature {index}: properties need a 'prompt_id'")
+        raise InputError(f"feature {index}: properties need a 'prompt_id'")
     raw_id = props["prompt_id"]
     if _is_int(raw_id):
         prompt_id: PromptId = int(raw_id)
     elif isinstance(raw_id, str) and raw_id.strip():
         prompt_id = raw_id
     else:
-        raise ValueError(
+        raise InputError(
             f"feature {index}: prompt_id must be an int or a non-empty string, got {_short(raw_id)}"
         )
     where = _where(index, prompt_id)
     if "label" not in props:
-        raise ValueError(f"{where}: properties need a 'label' (1 foreground, 0 background)")
+        raise InputError(f"{where}: properties need a 'label' (1 foreground, 0 background)")
     label = props["label"]
     if not _is_int(label) or label not in (0, 1):
-        raise ValueError(f"{where}: label must be 0 or 1, got {_short(label)}")
+        raise InputError(f"{where}: label must be 0 or 1, got {_short(label)}")
 
     geometry = feature.get("geometry")
     if not isinstance(geometry, Mapping):
-        raise ValueError(
+        raise InputError(
             f"{where}: geometry must be a Point, MultiPoint or Polygon, got {_short(geometry)}"
         )
     kind = geometry.get("type")
@@ -439,23 +440,23 @@ def _parse_feature(index: int, feature: object, geographic: bool) -> PromptFeatu
         positions = [_position(where, coords)]
     elif kind == "MultiPoint":
         if not isinstance(coords, list | tuple) or not coords:
-            raise ValueError(f"{where}: MultiPoint coordinates must be a non-empty list")
+            raise InputError(f"{where}: MultiPoint coordinates must be a non-empty list")
         positions = [_position(where, p) for p in coords]
     elif kind == "Polygon":
         if label != 1:
-            raise ValueError(f"{where}: a Polygon is a box prompt and must have label 1, got 0")
+            raise InputError(f"{where}: a Polygon is a box prompt and must have label 1, got 0")
         if not isinstance(coords, list | tuple) or not coords:
-            raise ValueError(f"{where}: Polygon coordinates must be a non-empty list of rings")
+            raise InputError(f"{where}: Polygon coordinates must be a non-empty list of rings")
         rings = [_ring(where, ring) for ring in coords]
         positions = rings[0]
         xs = [p[0] for p in positions]
         ys = [p[1] for p in positions]
         if max(xs) == min(xs) or max(ys) == min(ys):
-            raise ValueError(f"{where}: Polygon has zero width or height, so it is no box")
+            raise InputError(f"{where}: Polygon has zero width or height, so it is no box")
         for ring in rings[1:]:
             _check_range(where, ring, geographic)
     else:
-        raise ValueError(
+        raise InputError(
             f"{where}: geometry type must be Point, MultiPoint or Polygon, got {kind!r}"
         )
     _check_range(where, positions, geographic)
@@ -474,10 +475,10 @@ def _position(where: str, value: object) -> tuple[float, float]:
         or len(value) not in (2, 3)
         or not all(_is_number(v) for v in value)
     ):
-        raise ValueError(f"{where}: a position must be [x, y] numbers, got {_short(value)}")
+        raise InputError(f"{where}: a position must be [x, y] numbers, got {_short(value)}")
     x, y = float(value[0]), float(value[1])
     if not (np.isfinite(x) and np.isfinite(y)):
-        raise ValueError(f"{where}: coordinates must be finite, got {_short(value)}")
+        raise InputError(f"{where}: coordinates must be finite, got {_short(value)}")
     return (x, y)
 
 
@@ -485,7 +486,7 @@ def _ring(where: str, value: object) -> list[tuple[float, float]]:
     # RFC 7946 rings are closed with >= 4 positions; an unclosed ring has the same
     # bounds, so only require enough positions to span an area.
     if not isinstance(value, list | tuple) or len(value) < 3:
-        raise ValueError(
+        raise InputError(
             f"{where}: a Polygon ring must be a list of at least 3 positions, got {_short(value)}"
         )
     return [_position(where, p) for p in value]
@@ -496,7 +497,7 @@ def _check_range(where: str, positions: list[tuple[float, float]], geographic: b
         return
     for lon, lat in positions:
         if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-            raise ValueError(
+            raise InputError(
                 f"{where}: position ({lon}, {lat}) is not a valid (longitude, latitude); "
                 "GeoJSON positions are [longitude, latitude]"
             )
@@ -511,13 +512,13 @@ def _check_groups(features: tuple[PromptFeature, ...]) -> None:
         pid = feature.prompt_id
         first = by_name.setdefault(str(pid), feature)
         if type(first.prompt_id) is not type(pid):
-            raise ValueError(
+            raise InputError(
                 f"{_where(feature.index, pid)} and {_where(first.index, first.prompt_id)}: "
                 "an int and a str prompt_id with the same text would collide as band names"
             )
         if feature.is_box:
             if pid in box_of:
-                raise ValueError(
+                raise InputError(
                     f"prompt_id {pid!r}: features {box_of[pid]} and {feature.index} are both "
                     "boxes (Polygons); a prompt group takes at most one box"
                 )
@@ -526,7 +527,7 @@ def _check_groups(features: tuple[PromptFeature, ...]) -> None:
     for pid, group in members.items():
         if pid not in box_of and not any(f.label == 1 for f in group):
             indices = ", ".join(str(f.index) for f in group)
-            raise ValueError(
+            raise InputError(
                 f"prompt_id {pid!r} (features {indices}) has only background points; "
                 "a prompt group needs a foreground point or a box"
             )

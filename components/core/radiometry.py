@@ -33,6 +33,8 @@ from typing import Literal, get_args
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from components.errors import InputError
+
 NODATA_DN = 0
 """Sentinel-2 L2A nodata digital number."""
 
@@ -50,6 +52,10 @@ STRETCH_MODES: tuple[str, ...] = get_args(StretchMode)
 
 RGB_BANDS = 3
 
+PAD_RGB = (124, 116, 104)
+"""SAM's pixel mean in uint8: the colour that normalises to ~0, SAM's own padding value.
+Padding and nodata pixels get it, so they look like SAM's padding, not like black land."""
+
 _BASELINE = re.compile(r"^\s*N?(\d{1,2})(?:\.(\d{1,2}))?\s*$")
 _PRODUCT_BASELINE = re.compile(r"^\s*N(\d{2})(\d{2})\s*$")
 
@@ -62,17 +68,17 @@ def parse_baseline(baseline: str | float) -> tuple[int, int]:
     minor digits, so ``5.09 -> (5, 9)``).
     """
     if isinstance(baseline, bool):
-        raise ValueError(f"unparseable Sentinel-2 processing baseline {baseline!r}")
+        raise InputError(f"unparseable Sentinel-2 processing baseline {baseline!r}")
     if isinstance(baseline, int | float):
         if not math.isfinite(baseline) or baseline < 0:
-            raise ValueError(f"unparseable Sentinel-2 processing baseline {baseline!r}")
+            raise InputError(f"unparseable Sentinel-2 processing baseline {baseline!r}")
         major, minor = f"{float(baseline):.2f}".split(".")
         return int(major), int(minor)
     if isinstance(baseline, str):
         match = _PRODUCT_BASELINE.match(baseline) or _BASELINE.match(baseline)
         if match:
             return int(match.group(1)), int(match.group(2) or 0)
-    raise ValueError(f"unparseable Sentinel-2 processing baseline {baseline!r}")
+    raise InputError(f"unparseable Sentinel-2 processing baseline {baseline!r}")
 
 
 def boa_add_offset(baseline: str | float) -> int:
@@ -119,11 +125,11 @@ def band_parameter(
     elif len(values) == n_bands:
         out = tuple(float(v) for v in values)
     else:
-        raise ValueError(
+        raise InputError(
             f"{name} must have 1 or {n_bands} entries (one per band), got {len(values)}"
         )
     if not all(math.isfinite(v) for v in out):
-        raise ValueError(f"{name} must be finite, got {list(out)}")
+        raise InputError(f"{name} must be finite, got {list(out)}")
     return out
 
 
@@ -225,12 +231,12 @@ def scene_rgb_scaling(
         the ``"none"`` range ``[0, 1]``.
     """
     if stretch not in STRETCH_MODES:
-        raise ValueError(f"stretch must be one of {STRETCH_MODES}, got {stretch!r}")
+        raise InputError(f"stretch must be one of {STRETCH_MODES}, got {stretch!r}")
     p_low, p_high = percentiles
     if not 0.0 <= p_low < p_high <= 100.0:
-        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+        raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
     if not min_span > 0.0:
-        raise ValueError(f"min_span must be positive, got {min_span}")
+        raise InputError(f"min_span must be positive, got {min_span}")
     default_offset = boa_add_offset(processing_baseline) / QUANTIFICATION_VALUE
     scale = band_parameter(band_scaling, 1.0 / QUANTIFICATION_VALUE, "band_scaling")
     offset = band_parameter(band_offset, default_offset, "band_offset")
@@ -274,7 +280,7 @@ def to_rgb(dn: ArrayLike, scaling: RgbScaling) -> tuple[NDArray[np.uint8], NDArr
     """
     arr = rgb_bands(dn)
     if arr.ndim != 3:
-        raise ValueError(f"expected a (bands, height, width) chip, got shape {arr.shape}")
+        raise InputError(f"expected a (bands, height, width) chip, got shape {arr.shape}")
     valid = valid_pixels(arr, scaling.nodata)
     low = _column(scaling.low, 3)
     span = _column(scaling.high, 3) - low

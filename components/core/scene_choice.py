@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 from shapely.geometry.base import BaseGeometry
 
 from components.core.radiometry import NODATA_DN, boa_add_offset, parse_baseline
+from components.errors import InputError, NoDataError
 
 BAND_RESOLUTION: Mapping[str, int] = {
     "B02": 10,
@@ -77,7 +78,7 @@ _BAND = re.compile(r"^B(\d{1,2}|8A)$")
 _MAX_LISTED = 20
 
 
-class NoSceneError(LookupError):
+class NoSceneError(NoDataError):
     """No acquisition can be ingested: none found, or none passes the limits."""
 
 
@@ -126,11 +127,11 @@ def parse_instant(value: str | date | datetime, name: str, end_of_day: bool = Fa
             else:
                 parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" else text)
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"{name} {value!r} is not a date (YYYY-MM-DD) or an ISO 8601 datetime"
             ) from None
     else:
-        raise ValueError(f"{name} must be a date (YYYY-MM-DD), got {value!r}")
+        raise InputError(f"{name} must be a date (YYYY-MM-DD), got {value!r}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc)
@@ -158,26 +159,26 @@ def resolve_time_range(
     """
     explicit = start_date is not None or end_date is not None
     if explicit and lookback_days is not None:
-        raise ValueError(
+        raise InputError(
             "give either start_date and end_date, or lookback_days, not both "
             f"(got start_date={start_date!r}, end_date={end_date!r}, "
             f"lookback_days={lookback_days!r})"
         )
     if explicit:
         if reference_time is not None:
-            raise ValueError("reference_time only applies to lookback_days, not to dates")
+            raise InputError("reference_time only applies to lookback_days, not to dates")
         if start_date is None or end_date is None:
             missing = "start_date" if start_date is None else "end_date"
-            raise ValueError(f"{missing} is missing: explicit dates need both ends")
+            raise InputError(f"{missing} is missing: explicit dates need both ends")
         start = parse_instant(start_date, "start_date")
         end = parse_instant(end_date, "end_date", end_of_day=True)
         if start > end:
-            raise ValueError(f"start_date {start_date} is after end_date {end_date}")
+            raise InputError(f"start_date {start_date} is after end_date {end_date}")
         return TimeRange(start, end)
     if lookback_days is None:
-        raise ValueError("no time range: give start_date and end_date, or lookback_days")
+        raise InputError("no time range: give start_date and end_date, or lookback_days")
     if isinstance(lookback_days, bool) or not isinstance(lookback_days, int) or lookback_days < 1:
-        raise ValueError(f"lookback_days must be a positive integer, got {lookback_days!r}")
+        raise InputError(f"lookback_days must be a positive integer, got {lookback_days!r}")
     if reference_time is None:
         end = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     else:
@@ -201,15 +202,15 @@ def parse_bands(bands: str | Sequence[str]) -> tuple[str, ...]:
         match = _BAND.match(text)
         name = f"B{match.group(1).zfill(2)}" if match else text
         if name not in BAND_RESOLUTION:
-            raise ValueError(
+            raise InputError(
                 f"band {str(item).strip()!r} is not a 10 or 20 m Sentinel-2 L2A band; "
                 f"choose from {', '.join(sorted(BAND_RESOLUTION))}"
             )
         if name in names:
-            raise ValueError(f"band {name} is listed twice in {bands!r}")
+            raise InputError(f"band {name} is listed twice in {bands!r}")
         names.append(name)
     if not names:
-        raise ValueError("bands is empty: name at least one band, e.g. B04,B03,B02")
+        raise InputError("bands is empty: name at least one band, e.g. B04,B03,B02")
     return tuple(names)
 
 
@@ -316,7 +317,7 @@ def cover_area(
     """
     total = float(area.area)
     if total <= 0.0:
-        raise ValueError("area has zero extent: nothing to cover")
+        raise InputError("area has zero extent: nothing to cover")
     parts = {t.id: t.footprint.intersection(area) for t in tiles}
     useful = [t for t in tiles if parts[t.id].area > 0.0]
     useful.sort(key=lambda t: (t.epsg != prefer_epsg, -parts[t.id].area, t.mgrs_tile))
@@ -367,7 +368,7 @@ def scl_counts(scl: NDArray[np.integer], inside: NDArray[np.bool_]) -> tuple[int
         ValueError: The shapes differ.
     """
     if scl.shape != inside.shape:
-        raise ValueError(f"SCL shape {scl.shape} differs from the area mask {inside.shape}")
+        raise InputError(f"SCL shape {scl.shape} differs from the area mask {inside.shape}")
     values = scl[inside]
     nodata = int(np.count_nonzero(values == SCL_NODATA))
     cloudy = int(np.count_nonzero(np.isin(values, SCL_CLOUD_CLASSES)))
@@ -381,7 +382,7 @@ def sky_from_counts(pixels: int, nodata: int, cloudy: int) -> SkyStats:
         ValueError: No pixel counted.
     """
     if pixels <= 0:
-        raise ValueError("the area mask selects no SCL pixel")
+        raise InputError("the area mask selects no SCL pixel")
     valid = pixels - nodata
     return SkyStats(
         cloud_fraction=cloudy / valid if valid else 1.0,
@@ -411,7 +412,7 @@ def common_offset(baselines: Iterable[str]) -> int:
     """
     offsets = [boa_add_offset(b) for b in baselines]
     if not offsets:
-        raise ValueError("no processing baseline given")
+        raise InputError("no processing baseline given")
     return min(offsets)
 
 
@@ -424,7 +425,7 @@ def rebase_dn(dn: NDArray[np.uint16], from_offset: int, to_offset: int) -> NDArr
     if shift == 0:
         return dn
     if shift < 0:
-        raise ValueError(
+        raise InputError(
             f"rebasing from offset {from_offset} to {to_offset} would darken DNs below "
             "nodata; rebase to the most negative offset (common_offset)"
         )
@@ -458,15 +459,15 @@ def check_selection_limits(
 ) -> None:
     """Raise ``ValueError`` naming the selection parameter that is out of range."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise InputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if isinstance(max_scenes, bool) or not isinstance(max_scenes, int) or max_scenes < 1:
-        raise ValueError(f"max_scenes must be a positive integer, got {max_scenes!r}")
+        raise InputError(f"max_scenes must be a positive integer, got {max_scenes!r}")
     for name, value in (
         ("max_roi_cloud_fraction", max_cloud_fraction),
         ("max_roi_nodata_fraction", max_nodata_fraction),
     ):
         if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 1):
-            raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+            raise InputError(f"{name} must be in [0, 1], got {value!r}")
 
 
 def rejection(sky: SkyStats, max_cloud_fraction: float, max_nodata_fraction: float) -> str | None:

@@ -24,70 +24,11 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from components.core import amg
-from components.inference.onnx_sam import SamModel, pad_chip, preprocess_shape
+from components.core.params import AmgParams
+from components.inference.model import SegmentationModel, pad_chip, preprocess_shape
 
 MASK_THRESHOLD = 0.0
 """SAM's logit threshold."""
-
-
-@dataclass(frozen=True)
-class AmgParams:
-    """FarmVibes' ``auto_segment_s2`` parameters (names and defaults), plus SAM's extras.
-
-    A threshold of 0 disables its filter, as in SAM.
-    """
-
-    points_per_side: int = 16
-    n_crop_layers: int = 0
-    crop_overlap_ratio: float = 0.0
-    crop_n_points_downscale_factor: int = 1
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    points_per_batch: int = 16
-    chip_nms_thr: float = 0.7
-    """Box NMS among one chip's masks (SAM's ``box_nms_thresh``)."""
-    crop_nms_thr: float = 0.7
-    """Box NMS between crop layers (SAM's ``crop_nms_thresh``; FarmVibes has none)."""
-    min_mask_region_area: int = 0
-    """Fill holes and drop islands smaller than this many pixels (0: off, as in SAM)."""
-
-    def __post_init__(self) -> None:
-        def positive_int(name: str, value: object, minimum: int) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-        positive_int("points_per_side", self.points_per_side, 1)
-        positive_int("n_crop_layers", self.n_crop_layers, 0)
-        positive_int("crop_n_points_downscale_factor", self.crop_n_points_downscale_factor, 1)
-        positive_int("points_per_batch", self.points_per_batch, 1)
-        positive_int("min_mask_region_area", self.min_mask_region_area, 0)
-        for name, value, high in (
-            ("crop_overlap_ratio", self.crop_overlap_ratio, 1.0),
-            ("pred_iou_thresh", self.pred_iou_thresh, 1.0),
-        ):
-            if not 0.0 <= value < high:
-                raise ValueError(f"{name} must be in [0, {high}), got {value!r}")
-        for name, value in (
-            ("stability_score_thresh", self.stability_score_thresh),
-            ("chip_nms_thr", self.chip_nms_thr),
-            ("crop_nms_thr", self.crop_nms_thr),
-        ):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        if not self.stability_score_offset > 0:
-            raise ValueError(
-                f"stability_score_offset must be > 0, got {self.stability_score_offset!r}"
-            )
-        smallest = int(
-            self.points_per_side / self.crop_n_points_downscale_factor**self.n_crop_layers
-        )
-        if smallest < 1:
-            raise ValueError(
-                f"points_per_side={self.points_per_side} leaves no point in crop layer "
-                f"{self.n_crop_layers} with crop_n_points_downscale_factor="
-                f"{self.crop_n_points_downscale_factor}"
-            )
 
 
 @dataclass
@@ -163,7 +104,7 @@ def crop_input(
 
 
 def process_crop(
-    model: SamModel,
+    model: SegmentationModel,
     embedding: NDArray[np.float32],
     crop_box: NDArray[np.int64],
     points_grid: NDArray[np.float64],
@@ -251,7 +192,7 @@ def _nms_parts(parts: list[ChipMasks], threshold: float) -> ChipMasks:
 
 
 def generate_chip_masks(
-    model: SamModel,
+    model: SegmentationModel,
     image: NDArray[np.uint8],
     params: AmgParams,
     encode: Encoder | None = None,

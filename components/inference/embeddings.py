@@ -15,13 +15,12 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from components.core.radiometry import RgbScaling
-from components.inference.onnx_sam import SamModel
+from components.inference.model import SegmentationModel
 
 DEFAULT_MAX_BYTES = 20 * 1024**3
 
@@ -93,7 +92,7 @@ class EmbeddingCache:
 
 
 def encode_with_cache(
-    model: SamModel,
+    model: SegmentationModel,
     inputs: NDArray[np.uint8] | Sequence[NDArray[np.uint8]],
     keys: Sequence[str] | None,
     cache: EmbeddingCache | None,
@@ -114,15 +113,3 @@ def encode_with_cache(
             if cache is not None and keys is not None:
                 cache.put(keys[k], emb)
     return np.stack([e for e in out if e is not None]) if n else np.zeros((0,), np.float32)
-
-
-def cache_stats(cache: EmbeddingCache | None) -> dict[str, Any]:
-    """Hit/miss counts for run summaries."""
-    if cache is None:
-        return {"enabled": False}
-    return {
-        "enabled": True,
-        "hits": cache.hits,
-        "misses": cache.misses,
-        "dir": str(cache.directory),
-    }

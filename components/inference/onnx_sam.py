@@ -1,24 +1,24 @@
 """SAM on ONNX Runtime: sessions, batched encoder, decoder calls, logits upsampling.
 
+The :class:`~components.inference.model.SegmentationModel` implementation for SAM
+(vit_b/l/h and the small test configurations) exported by :mod:`model_export`.
 Providers are chosen at run time: CUDA when the installed onnxruntime has it and a
 GPU answers, else the CPU. ``onnxruntime`` also lists providers that are not compute
 back ends (e.g. Azure's remote one); those are never picked unless asked for.
-
-Coordinates: prompts arrive in *continuous* chip pixels (pixel ``c`` spans
-``[c, c + 1)``); SAM reads pixel *indices* and adds 0.5 itself, so points are shifted
-by -0.5 here, and a box's corners become the indices of its extreme pixels.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from components.errors import InputError
+from components.inference.model import DecoderOutput
 
 if TYPE_CHECKING:
     from components.io.registry import ResolvedModel
@@ -26,13 +26,6 @@ if TYPE_CHECKING:
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 PROVIDERS_ENV = "S2SAM_ORT_PROVIDERS"
 """Comma-separated provider list that overrides the automatic choice."""
-
-PAD_RGB = (124, 116, 104)
-"""SAM's pixel mean in uint8: the colour that normalises to ~0, SAM's own padding value.
-Padding and nodata pixels get it, so they look like SAM's padding, not like black land."""
-
-NUM_MASKS = 4
-"""Decoder outputs per prompt set: index 0 single-mask, 1-3 multimask."""
 
 
 def cpu_count() -> int:
@@ -57,7 +50,7 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     if requested:
         missing = [p for p in requested if p not in available]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"onnxruntime providers {missing} are not available here; available: {available}"
             )
         chosen = list(requested)
@@ -91,146 +84,6 @@ def open_session(
     options.inter_op_num_threads = 1
     options.enable_cpu_mem_arena = memory_arena
     return ort.InferenceSession(str(path), options, providers=choose_providers(providers))
-
-
-# ---------------------------------------------------------------------------
-# Pure helpers
-
-
-def resize_bilinear(x: NDArray[np.floating], out_h: int, out_w: int) -> NDArray[np.float32]:
-    """``F.interpolate(x, (out_h, out_w), mode="bilinear", align_corners=False)`` in numpy.
-
-    Works on ``(..., H, W)``, one axis at a time. Integer up- and down-scaling (SAM's
-    4x logits upsampling, halving crops) use fixed taps on slices; other sizes gather.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    return _resize_axis(_resize_axis(x, out_h, -2), out_w, -1)
-
-
-def _along(axis: int, s: slice | int) -> tuple[Any, ...]:
-    """Index tuple selecting ``s`` along ``axis`` (-1 or -2) of an array."""
-    return (Ellipsis, s) if axis == -1 else (Ellipsis, s, slice(None))
-
-
-def _resize_axis(x: NDArray[np.float32], n_out: int, axis: int) -> NDArray[np.float32]:
-    n_in = x.shape[axis]
-    if n_in == n_out:
-        return x
-    if n_out % n_in == 0:
-        return _upsample_integer(x, n_out // n_in, axis)
-    if n_in % n_out == 0 and (n_in // n_out) % 2 == 0:
-        # even factor f: output o lies exactly halfway between inputs f*o + f/2 - 1 and
-        # f*o + f/2, so it is their mean (weights 0.5, as torch computes them)
-        f = n_in // n_out
-        lo = x[_along(axis, slice(f // 2 - 1, None, f))]
-        hi = x[_along(axis, slice(f // 2, None, f))]
-        out: NDArray[np.float32] = lo * np.float32(0.5) + hi * np.float32(0.5)
-        return out
-    i0, i1, w = _linear_taps(n_in, n_out)
-    shape = (-1,) if axis == -1 else (-1, 1)
-    out = np.take(x, i0, axis=axis) * (np.float32(1.0) - w).reshape(shape) + np.take(
-        x, i1, axis=axis
-    ) * w.reshape(shape)
-    return out
-
-
-def _upsample_integer(x: NDArray[np.float32], k: int, axis: int) -> NDArray[np.float32]:
-    """Upsample one axis by an integer factor with torch's half-pixel taps, on slices.
-
-    Output ``k*i + r`` reads source ``i + (2r + 1 - k) / (2k)``: between ``i - 1`` and
-    ``i`` for ``r < k/2``, between ``i`` and ``i + 1`` otherwise; torch clamps the source
-    index at 0 and the neighbour index at the end, so the edges repeat.
-    """
-    n = x.shape[axis]
-    prev = np.concatenate([x[_along(axis, slice(0, 1))], x[_along(axis, slice(0, -1))]], axis)
-    nxt = np.concatenate([x[_along(axis, slice(1, None))], x[_along(axis, slice(-1, None))]], axis)
-    if axis == -1:
-        out = np.empty((*x.shape, k), dtype=np.float32)
-    else:
-        out = np.empty((*x.shape[:-1], k, x.shape[-1]), dtype=np.float32)
-
-    def target(r: int) -> tuple[Any, ...]:
-        return (Ellipsis, r) if axis == -1 else (Ellipsis, r, slice(None))
-
-    for r in range(k):
-        offset = np.float32((2 * r + 1 - k) / (2 * k))
-        if offset < 0:
-            out[target(r)] = prev * -offset + x * (np.float32(1.0) + offset)
-            out[target(r)][_along(axis, 0)] = x[_along(axis, 0)]  # clamped source index
-        else:
-            out[target(r)] = x * (np.float32(1.0) - offset) + nxt * offset
-    if axis == -1:
-        return out.reshape(*x.shape[:-1], n * k)
-    return out.reshape(*x.shape[:-2], n * k, x.shape[-1])
-
-
-def _linear_taps(
-    n_in: int, n_out: int
-) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float32]]:
-    """Source indices and weights of half-pixel linear resampling (torch's rule)."""
-    scale = np.float32(n_in) / np.float32(n_out)
-    src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-    src = np.maximum(src, np.float32(0.0))
-    i0 = np.floor(src).astype(np.intp)
-    i0 = np.minimum(i0, n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0).astype(np.float32)
-
-
-def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
-    """Size of an image resized so its longest side is ``long_side`` (SAM's rule)."""
-    scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
-def pad_chip(rgb: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
-    """``(h, w, 3)`` -> ``(3, size, size)`` encoder input, padded with :data:`PAD_RGB`."""
-    h, w = rgb.shape[:2]
-    if h > size or w > size:
-        raise ValueError(f"image {h} x {w} is larger than the {size} px encoder input")
-    out = np.empty((3, size, size), dtype=np.uint8)
-    out[:] = np.asarray(PAD_RGB, dtype=np.uint8)[:, None, None]
-    out[:, :h, :w] = rgb.transpose(2, 0, 1)
-    return out
-
-
-def prompt_arrays(
-    points: NDArray[np.floating],
-    labels: NDArray[np.integer],
-    box: tuple[float, float, float, float] | None,
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """One prompt set in SAM's ONNX form: ``(N, 2)`` index coordinates, ``(N,)`` labels.
-
-    Points (continuous chip pixels) shift by -0.5 to SAM's pixel indices; a box
-    ``[x0, x1)`` becomes corners ``(x0, y0)``, ``(x1 - 1, y1 - 1)`` with labels 2, 3;
-    without a box, SAM's padding point (label -1) is appended, as its predictor does.
-    """
-    coords = np.asarray(points, dtype=np.float64).reshape(-1, 2) - 0.5
-    lab = np.asarray(labels, dtype=np.float64).reshape(-1)
-    if box is not None:
-        x0, y0, x1, y1 = box
-        coords = np.vstack([coords, [[x0, y0], [x1 - 1.0, y1 - 1.0]]])
-        lab = np.concatenate([lab, [2.0, 3.0]])
-    else:
-        coords = np.vstack([coords, [[0.0, 0.0]]])
-        lab = np.concatenate([lab, [-1.0]])
-    return coords.astype(np.float32), lab.astype(np.float32)
-
-
-# ---------------------------------------------------------------------------
-# The model
-
-
-@dataclass
-class DecoderOutput:
-    """Decoder results for ``P`` prompt sets (4 masks each: single, then multimask)."""
-
-    iou_predictions: NDArray[np.float32]
-    """``(P, 4)``"""
-    low_res_logits: NDArray[np.float32]
-    """``(P, 4, L, L)``"""
-    masks: NDArray[np.float32] | None = None
-    """``(P, 4, S, S)`` chip-resolution logits, when asked for."""
 
 
 class SamModel:
@@ -272,12 +125,7 @@ class SamModel:
         self._decoder_lowres = open_session(
             directory / graphs["decoder_lowres"]["file"], chosen, threads
         )
-        # models exported before the resampler existed fall back to numpy
-        self._upscale = (
-            open_session(directory / graphs["upscale"]["file"], chosen, threads)
-            if "upscale" in graphs
-            else None
-        )
+        self._upscale = open_session(directory / graphs["upscale"]["file"], chosen, threads)
         self.provider = self._encoder.get_providers()[0]
         self.io_binding = self.provider == "CUDAExecutionProvider"
         self.default_batch_size = 8 if self.io_binding else 1
@@ -388,8 +236,6 @@ class SamModel:
         """Bilinear resampling of ``(..., h, w)`` logits, as ``F.interpolate`` does it."""
         if logits.shape[-2:] == (out_h, out_w):
             return logits
-        if self._upscale is None:
-            return resize_bilinear(logits, out_h, out_w)
         lead = logits.shape[:-2]
         flat = np.ascontiguousarray(logits, dtype=np.float32).reshape(-1, *logits.shape[-2:])
         if flat.shape[0] == 0:

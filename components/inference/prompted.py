@@ -20,27 +20,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from components.core import amg
+from components.core.params import PromptParams
 from components.core.prompts import PromptGroup
-from components.inference.onnx_sam import SamModel, prompt_arrays
+from components.inference.model import SegmentationModel, prompt_arrays
 
 MASK_THRESHOLD = 0.0
-
-
-@dataclass(frozen=True)
-class PromptParams:
-    """Knobs of prompted mode."""
-
-    refine_iterations: int = 0
-    """Extra decoder passes fed with the previous low-res logits (SAM's refinement)."""
-    limit_to_box: bool = True
-    """Drop mask pixels outside the group's box (FarmVibes' behaviour)."""
-    stability_score_offset: float = 1.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.refine_iterations, bool) or not 0 <= self.refine_iterations <= 10:
-            raise ValueError(
-                f"refine_iterations must be in [0, 10], got {self.refine_iterations!r}"
-            )
 
 
 @dataclass
@@ -69,7 +53,7 @@ def box_pixels(box: tuple[float, float, float, float], h: int, w: int) -> NDArra
 
 
 def segment_groups(
-    model: SamModel,
+    model: SegmentationModel,
     embedding: NDArray[np.float32],
     groups: list[PromptGroup],
     params: PromptParams | None = None,

@@ -17,7 +17,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from components.errors import S2samError, ServiceError
@@ -39,9 +39,13 @@ class NetworkOptions:
     (at most :data:`MAX_BACKOFF_S`) before retry ``k``.
     """
 
-    timeout_s: float = 30.0
-    retries: int = 3
-    backoff_s: float = 1.0
+    timeout_s: float = field(
+        default=30.0, metadata={"doc": "Per-request timeout in seconds (connect, then idle)."}
+    )
+    retries: int = field(default=3, metadata={"doc": "Retries of a failed request."})
+    backoff_s: float = field(
+        default=1.0, metadata={"doc": "First wait before a retry, doubled each time (s)."}
+    )
 
     def __post_init__(self) -> None:
         from components.errors import InputError

@@ -1,9 +1,9 @@
 """The end product of a segmentation: COG, GeoParquet polygons, quick-look PNG, summary.
 
-* ``segmentation.tif``: a Cloud-Optimized GeoTIFF on the scene's grid. Automatic
-  mode: one uint32 band of instance ids (0 = background). Prompted mode: one uint8
-  0/1 band per ``prompt_id`` (``mask_prompt_<id>``, FarmVibes' band naming), in the
-  prompts' order. Tags carry the model lineage and parameters.
+* ``segmentation.tif``: a Cloud-Optimized GeoTIFF on the scene's grid, laid out by
+  :mod:`components.core.rendering` (automatic mode: one uint32 band of instance ids;
+  prompted mode: one uint8 0/1 band per ``prompt_id``). Tags carry the model lineage
+  and parameters.
 * ``polygons.parquet``: GeoParquet, one row per instance (automatic: the visible part
   of each instance in the label raster) or per prompt, with scores, area and model.
 * ``quicklook.png``: masks over the RGB scene, at most 1024 px on a side.
@@ -27,16 +27,13 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.shutil
-from affine import Affine
 from numpy.typing import NDArray
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from components.core.merge import SceneMask, render_labels, render_prompt_bands
 from components.core.radiometry import RgbScaling, to_rgb
-from components.core.vectorize import MaskAttributes, polygonize_labels, polygonize_masks
-from components.inference.shard import SceneSegmentation
+from components.core.rendering import RasterLayout
 from components.io.raster import SceneInfo
 from components.version import __version__
 
@@ -58,25 +55,13 @@ class OutputFiles:
     summary: Path
 
 
-def band_name(prompt_id: int | str) -> str:
-    """Output band name of a prompt: ``mask_prompt_<id>`` (FarmVibes' naming)."""
-    return f"mask_prompt_{prompt_id}"
-
-
-def _write_cog(
-    path: Path,
-    segmentation: SceneSegmentation,
-    scene: SceneInfo,
-    tags: dict[str, str],
-) -> None:
-    prompted = segmentation.mode == "prompted"
-    count = max(1, len(segmentation.prompt_order)) if prompted else 1
+def _write_cog(path: Path, layout: RasterLayout, scene: SceneInfo, tags: dict[str, str]) -> None:
     profile = {
         "driver": "GTiff",
         "width": scene.width,
         "height": scene.height,
-        "count": count,
-        "dtype": "uint8" if prompted else "uint32",
+        "count": layout.count,
+        "dtype": layout.dtype,
         "crs": scene.crs,
         "transform": scene.transform,
         "tiled": True,
@@ -89,21 +74,12 @@ def _write_cog(
     with rasterio.open(raw, "w", **profile) as dst:
         for row in range(0, scene.height, BLOCK_ROWS):
             h = min(BLOCK_ROWS, scene.height - row)
-            window = (row, 0, h, scene.width)
-            if prompted:
-                block = render_prompt_bands(segmentation.masks, segmentation.prompt_order, window)
-                if not segmentation.prompt_order:
-                    block = np.zeros((1, h, scene.width), np.uint8)
-                dst.write(block, window=Window(0, row, scene.width, h))
-            else:
-                labels = render_labels(segmentation.masks, window)
-                dst.write(labels, 1, window=Window(0, row, scene.width, h))
-        if prompted:
-            for b, pid in enumerate(segmentation.prompt_order, start=1):
-                dst.set_band_description(b, band_name(pid))
-                dst.update_tags(b, prompt_id=str(pid))
-        else:
-            dst.set_band_description(1, "instance_id")
+            block = layout.render((0, row, scene.width, row + h))
+            dst.write(block, window=Window(0, row, scene.width, h))
+        for b, (description, band_tags) in enumerate(layout.band_tags(), start=1):
+            dst.set_band_description(b, description)
+            if band_tags:
+                dst.update_tags(b, **band_tags)
         dst.update_tags(**tags)
     rasterio.shutil.copy(
         raw,
@@ -117,38 +93,19 @@ def _write_cog(
     raw.unlink()
 
 
-def _attributes(masks: list[SceneMask], prompted: bool) -> list[MaskAttributes]:
-    return [
-        MaskAttributes(k + 1, m.prompt_id if prompted else None, m.predicted_iou, m.stability_score)
-        for k, m in enumerate(masks)
-    ]
-
-
 def _write_polygons(
-    path: Path,
-    segmentation: SceneSegmentation,
-    scene: SceneInfo,
-    cog: Path,
-    lineage: dict[str, Any],
+    path: Path, layout: RasterLayout, scene: SceneInfo, cog: Path, lineage: dict[str, Any]
 ) -> int:
     import geopandas as gpd
 
-    prompted = segmentation.mode == "prompted"
-    attrs = _attributes(segmentation.masks, prompted)
-    if prompted:
-        polygons = []
-        for m, a in zip(segmentation.masks, attrs, strict=True):
-            t = scene.transform @ Affine.translation(m.box[0], m.box[1])
-            polygons += polygonize_masks(m.mask[None], t, scene.crs, [a])
-    else:
+    def read_band() -> NDArray[Any]:
         with rasterio.open(cog) as src:
-            labels = src.read(1)
-        polygons = polygonize_labels(labels, scene.transform, scene.crs, attrs)
-    rows = [p.as_record() for p in polygons]
+            return np.asarray(src.read(1))
+
+    rows = [p.as_record() for p in layout.polygons(scene.transform, scene.crs, read_band)]
     columns = ["id", "prompt_id", "predicted_iou", "stability_score", "area_m2", "pixel_count"]
     data = {c: [r[c] for r in rows] for c in columns}
-    if prompted:
-        data["prompt_id"] = [str(v) for v in data["prompt_id"]]
+    data["prompt_id"] = [None if v is None else str(v) for v in data["prompt_id"]]
     data["model_name"] = [lineage.get("model_name")] * len(rows)
     data["model_version"] = [lineage.get("model_version")] * len(rows)
     frame = gpd.GeoDataFrame(data, geometry=[r["geometry"] for r in rows], crs=scene.crs)
@@ -182,7 +139,7 @@ def quicklook(rgb: NDArray[np.uint8], labels: NDArray[np.integer]) -> NDArray[np
 
 
 def _write_quicklook(
-    path: Path, segmentation: SceneSegmentation, scene: SceneInfo, scaling: RgbScaling, cog: Path
+    path: Path, layout: RasterLayout, scene: SceneInfo, scaling: RgbScaling, cog: Path
 ) -> None:
     factor = max(1.0, max(scene.height, scene.width) / QUICKLOOK_SIZE)
     shape = (max(1, round(scene.height / factor)), max(1, round(scene.width / factor)))
@@ -191,25 +148,25 @@ def _write_quicklook(
     rgb, _ = to_rgb(dn, scaling)
     with rasterio.open(cog) as src:
         bands = src.read(out_shape=(src.count, *shape), resampling=Resampling.nearest)
-    if segmentation.mode == "prompted":
-        # each prompt's band in its own colour: label = band number where set
-        labels = np.zeros(shape, np.int64)
-        for b in range(bands.shape[0]):
-            labels[bands[b] > 0] = b + 1
-    else:
-        labels = bands[0].astype(np.int64)
-    Image.fromarray(quicklook(rgb, labels)).save(path, format="PNG")
+    Image.fromarray(quicklook(rgb, layout.quicklook_labels(bands))).save(path, format="PNG")
 
 
 def write_outputs(
-    segmentation: SceneSegmentation,
+    layout: RasterLayout,
     scene: SceneInfo,
     scaling: RgbScaling,
     lineage: dict[str, Any],
     output_dir: Path,
-    parameters: dict[str, Any] | None = None,
+    *,
+    mode: str,
+    parameters: dict[str, Any],
+    run: dict[str, Any],
 ) -> OutputFiles:
-    """Write all outputs of a scene's segmentation into ``output_dir``."""
+    """Write all outputs of a scene's segmentation into ``output_dir``, as a set.
+
+    ``run`` (chips, stats, dropped prompts) goes into ``summary.json`` beside what this
+    function knows itself (scene, model, masks, polygons, files).
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = OutputFiles(
@@ -221,9 +178,9 @@ def write_outputs(
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         tags = {
             "s2sam_version": __version__,
-            "s2sam_mode": segmentation.mode,
+            "s2sam_mode": mode,
             "s2sam_created": created,
-            "s2sam_parameters": json.dumps(parameters or {}, sort_keys=True, default=str),
+            "s2sam_parameters": json.dumps(parameters, sort_keys=True, default=str),
             "s2sam_source": str(scene.path),
             **{f"s2sam_{k}": str(v) for k, v in lineage.items()},
         }
@@ -231,13 +188,13 @@ def write_outputs(
             if key in scene.tags:
                 tags[f"source_{key}"] = scene.tags[key]
         cog = work / SEGMENTATION
-        _write_cog(cog, segmentation, scene, tags)
-        n_polygons = _write_polygons(work / POLYGONS, segmentation, scene, cog, lineage)
-        _write_quicklook(work / QUICKLOOK, segmentation, scene, scaling, cog)
+        _write_cog(cog, layout, scene, tags)
+        n_polygons = _write_polygons(work / POLYGONS, layout, scene, cog, lineage)
+        _write_quicklook(work / QUICKLOOK, layout, scene, scaling, cog)
         summary = {
             "s2sam_version": __version__,
             "created": created,
-            "mode": segmentation.mode,
+            "mode": mode,
             "scene": {
                 "path": str(scene.path),
                 "height": scene.height,
@@ -246,13 +203,11 @@ def write_outputs(
                 "bands": list(scene.band_names),
             },
             "model": lineage,
-            "parameters": parameters or {},
-            "chips": len(segmentation.grid),
-            "masks": len(segmentation.masks),
+            "parameters": parameters,
+            "masks": len(layout.masks),
             "polygons": n_polygons,
-            "prompt_ids": [str(p) for p in segmentation.prompt_order],
-            "dropped_prompts": [asdict(d) for d in segmentation.dropped_prompts],
-            "stats": segmentation.stats.to_dict(),
+            "prompt_ids": [str(p) for p in layout.prompt_order],
+            **run,
             "scaling": asdict(scaling),
             "files": [SEGMENTATION, POLYGONS, QUICKLOOK],
         }

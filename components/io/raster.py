@@ -19,9 +19,9 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from components.core.chips import Chip
-from components.core.radiometry import RgbScaling, StretchMode, scene_rgb_scaling, to_rgb
-from components.inference.onnx_sam import PAD_RGB
-from components.io.registry import file_sha256
+from components.core.radiometry import PAD_RGB, RgbScaling, StretchMode, scene_rgb_scaling, to_rgb
+from components.errors import InputError
+from components.io.files import file_sha256
 
 RGB_BAND_NAMES = ("B04", "B03", "B02")
 """Sentinel-2 red, green, blue: the default bands."""
@@ -77,13 +77,13 @@ def select_bands(
     a 3-band raster, else an error, because guessing colours gives SAM nonsense.
     """
     if band_names and band_indexes:
-        raise ValueError("give band names or band indexes, not both")
+        raise InputError("give band names or band indexes, not both")
     described = [(d or "").strip() for d in descriptions]
     upper = [d.upper() for d in described]
     if band_indexes:
         bad = [i for i in band_indexes if not 1 <= i <= count]
         if bad:
-            raise ValueError(f"band indexes {bad} are outside 1..{count} of this raster")
+            raise InputError(f"band indexes {bad} are outside 1..{count} of this raster")
         picked = tuple(int(i) for i in band_indexes)
     else:
         wanted = list(band_names) if band_names else None
@@ -92,7 +92,7 @@ def select_bands(
         if wanted is None:
             if count == 3:
                 return (1, 2, 3), tuple(described[i] or f"band{i + 1}" for i in range(3))
-            raise ValueError(
+            raise InputError(
                 f"cannot tell which of the raster's {count} bands are red, green and blue "
                 f"(band descriptions: {described}); give band names or 1-based indexes"
             )
@@ -101,11 +101,11 @@ def select_bands(
             key = name.strip().upper()
             key = FARMVIBES_ALIASES.get(key, key) if key not in upper else key
             if key not in upper:
-                raise ValueError(f"band {name!r} not found; the raster's bands are {described}")
+                raise InputError(f"band {name!r} not found; the raster's bands are {described}")
             picks.append(upper.index(key) + 1)
         picked = tuple(picks)
     if len(picked) not in (1, 3):
-        raise ValueError(f"need 3 bands (red, green, blue) or 1 (grey), got {len(picked)}")
+        raise InputError(f"need 3 bands (red, green, blue) or 1 (grey), got {len(picked)}")
     return picked, tuple(described[i - 1] or f"band{i}" for i in picked)
 
 
@@ -119,15 +119,15 @@ def open_scene(
     """Describe a scene raster and check the band choice before any pixel is read."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"raster {path} does not exist")
+        raise InputError(f"raster {path} does not exist")
     try:
         src = rasterio.open(path)
     except rasterio.RasterioIOError as err:
-        raise ValueError(f"raster {path} cannot be read: {err}") from err
+        raise InputError(f"raster {path} cannot be read: {err}") from err
     with src:
         bands, names = select_bands(src.descriptions, src.count, band_names, band_indexes)
         if src.crs is None:
-            raise ValueError(f"raster {path} has no CRS: outputs could not be georeferenced")
+            raise InputError(f"raster {path} has no CRS: outputs could not be georeferenced")
         tags = {str(k): str(v) for k, v in src.tags().items()}
         return SceneInfo(
             path=path,

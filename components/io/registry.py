@@ -18,7 +18,6 @@ laptop needs no server.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from components.errors import IntegrityError, ModelNotFoundError, ServiceError
+from components.io.files import cache_dir, data_dir, file_sha256
 from components.version import __version__
 
 DEFAULT_ALIAS = "champion"
@@ -43,10 +44,6 @@ TAG_SHA = "s2sam.sha256."
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+|latest))$")
 
 
-class ModelResolutionError(ValueError):
-    """A ``model_uri`` that names nothing, or files that fail verification."""
-
-
 def default_model_name(model_type: str) -> str:
     """Registered model name for a model type: ``sam-<model_type>``."""
     return f"sam-{model_type}"
@@ -55,22 +52,6 @@ def default_model_name(model_type: str) -> str:
 def default_model_uri(model_type: str) -> str:
     """What pipelines resolve by default: ``models:/sam-<model_type>@champion``."""
     return f"models:/{default_model_name(model_type)}@{DEFAULT_ALIAS}"
-
-
-def data_dir() -> Path:
-    """``$S2SAM_HOME``, else ``$XDG_DATA_HOME/s2sam``, else ``~/.local/share/s2sam``."""
-    if env := os.environ.get("S2SAM_HOME"):
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "s2sam"
-
-
-def cache_dir() -> Path:
-    """Where resolved model versions are kept: ``$S2SAM_CACHE_DIR`` or ``~/.cache/s2sam``."""
-    if env := os.environ.get("S2SAM_CACHE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "s2sam"
 
 
 def tracking_uri() -> str:
@@ -134,15 +115,13 @@ class RegisteredVersion:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """The manifest of an exported model directory (ValueError if it is not one)."""
+    """The manifest of an exported model directory; :class:`ModelNotFoundError` if not one."""
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():
-        raise ModelResolutionError(
-            f"{directory} is not an exported s2sam model: no {MANIFEST_NAME}"
-        )
+        raise ModelNotFoundError(f"{directory} is not an exported s2sam model: no {MANIFEST_NAME}")
     manifest: dict[str, Any] = json.loads(path.read_text())
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise ModelResolutionError(f"{path}: unknown model format {manifest.get('format')!r}")
+        raise ModelNotFoundError(f"{path}: unknown model format {manifest.get('format')!r}")
     return manifest
 
 
@@ -314,24 +293,15 @@ class ResolvedModel:
         }
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (model files are GBs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verify_files(directory: Path, expected: dict[str, str], what: str) -> None:
     """Check every expected file's sha256; the first mismatch or absence is an error."""
     for name, sha in sorted(expected.items()):
         path = directory / name
         if not path.is_file():
-            raise ModelResolutionError(f"{what}: file {name} is missing")
+            raise IntegrityError(f"{what}: file {name} is missing")
         actual = file_sha256(path)
         if actual != sha:
-            raise ModelResolutionError(
+            raise IntegrityError(
                 f"{what}: file {name} has sha256 {actual}, but the registry says {sha}; "
                 "refusing to use it (the stored model was modified or corrupted)"
             )
@@ -341,7 +311,7 @@ def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
     """``models:/name@alias`` or ``models:/name/<version|latest>`` -> (name, alias, version)."""
     match = _MODEL_URI.match(model_uri.strip())
     if not match:
-        raise ModelResolutionError(
+        raise ModelNotFoundError(
             f"model_uri {model_uri!r} is not models:/<name>@<alias>, models:/<name>/<version> "
             "or an existing directory"
         )
@@ -355,26 +325,26 @@ def _get_version(mlflow_client: Any, name: str, alias: str | None, version: str 
         model = mlflow_client.get_registered_model(name)
     except MlflowException:
         known = sorted(m.name for m in mlflow_client.search_registered_models())
-        raise ModelResolutionError(
+        raise ModelNotFoundError(
             f"no registered model {name!r} in {mlflow_client.tracking_uri} (registered: "
             f"{known or 'none'}); export one with `s2sam export-model`"
         ) from None
     if alias is not None:
         aliases = dict(model.aliases or {})
         if alias not in aliases:
-            raise ModelResolutionError(
+            raise ModelNotFoundError(
                 f"registered model {name!r} has no alias {alias!r} (aliases: {aliases or 'none'})"
             )
         return mlflow_client.get_model_version(name, aliases[alias])
     if version == "latest":
         versions = mlflow_client.search_model_versions(f"name='{name}'")
         if not versions:
-            raise ModelResolutionError(f"registered model {name!r} has no versions")
+            raise ModelNotFoundError(f"registered model {name!r} has no versions")
         return max(versions, key=lambda v: int(v.version))
     try:
         return mlflow_client.get_model_version(name, version)
     except MlflowException:
-        raise ModelResolutionError(f"registered model {name!r} has no version {version}") from None
+        raise ModelNotFoundError(f"registered model {name!r} has no version {version}") from None
 
 
 def resolve_model(
@@ -398,7 +368,7 @@ def resolve_model(
     mv = _get_version(mlflow_client, name, alias, version)
     tags = dict(mv.tags or {})
     if tags.get(TAG_KIND) != KIND:
-        raise ModelResolutionError(
+        raise ModelNotFoundError(
             f"{model_uri} resolves to {name} version {mv.version}, which is not an s2sam SAM model"
         )
     expected = {k.removeprefix(TAG_SHA): v for k, v in tags.items() if k.startswith(TAG_SHA)}
@@ -407,7 +377,7 @@ def resolve_model(
     if target.exists():
         try:
             _verify_files(target, expected, what)
-        except ModelResolutionError:
+        except IntegrityError:
             shutil.rmtree(target)  # a damaged cache copy: fetch it again
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -422,7 +392,7 @@ def resolve_model(
                     )
                 )
             except Exception as err:  # mlflow raises per store type; say what and where
-                raise ModelResolutionError(
+                raise ServiceError(
                     f"{what}: could not download its files from {mv.source}: {err}"
                 ) from err
             _verify_files(fetched, expected, what)
@@ -431,9 +401,7 @@ def resolve_model(
             shutil.rmtree(staging, ignore_errors=True)
     manifest = read_manifest(target)
     if {k: v["sha256"] for k, v in manifest["files"].items()} != expected:
-        raise ModelResolutionError(
-            f"{what}: its manifest does not match the registry's sha256 tags"
-        )
+        raise IntegrityError(f"{what}: its manifest does not match the registry's sha256 tags")
     return ResolvedModel(name, str(mv.version), model_uri, target, manifest)
 
 

@@ -1,6 +1,7 @@
-"""KFP components: one thin ``@dsl.component`` per pipeline step.
+"""The pipeline steps as library functions: one module per step.
 
-Each body imports and calls ONE library function, so the same code runs in unit
-tests, under ``kfp.local`` and in the images on a cluster. Bodies must be
-self-contained (KFP ships the function's source), hence the local imports.
+Each module holds what its KFP shell (:mod:`components.tasks`) calls, and what
+``s2sam`` calls on this machine: check_inputs -> resolve_model, ingest_s2 ->
+plan_chips -> segment (per shard) -> merge_masks. ``segment_raster`` is the same
+plan -> segment -> merge in one process, for a local raster (one shard).
 """

@@ -1,73 +1,65 @@
-"""``check_inputs``: every cheap check first, so bad input fails before heavy work."""
+"""``check_inputs``: every check that needs no network and no model, before heavy work.
 
-from kfp import dsl
+Inputs are checked in the order a user can fix them: the area, the dates, the
+search and segmentation parameters (checked when the request is built), the
+prompts, the model URI's form.
+"""
 
-from components.images import image
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from components.core.params import Mode, PipelineRequest, to_json
+from components.core.prompts import parse_prompts
+from components.core.scene_choice import TimeRange
+from components.errors import InputError
+from components.io.ingest import ingest_params
+from components.io.registry import parse_model_uri
+from components.steps.request import request_from_parameters, time_range_of
 
 
-@dsl.component(base_image=image("cpu"), install_kfp_package=False)
-def check_inputs(
-    mode: str,
-    geometry: str,
-    prompts: str = "",
-    start_date: str = "",
-    end_date: str = "",
-    lookback_days: int = 0,
-    reference_time: str = "",
-    model_uri: str = "",
-    spatial_overlap: float = 0.5,
-    mask_nms_thr: float = 0.5,
-    chip_shards: int = 1,
-    max_cloud_cover: float = 30.0,
-    max_scenes: int = 1,
-    band_names: str = "B04,B03,B02",
-    points_per_side: int = 16,
-    n_crop_layers: int = 0,
-    crop_overlap_ratio: float = 0.0,
-    crop_n_points_downscale_factor: int = 1,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    stability_score_offset: float = 1.0,
-    points_per_batch: int = 16,
-    chip_nms_thr: float = 0.7,
-) -> str:
-    """Validate geometry, dates, prompts and parameters (no network, no model).
+def check_request(
+    request: PipelineRequest, *, schedule_time: str = "", now: datetime | None = None
+) -> dict[str, Any]:
+    """Validate what the request's parameters alone cannot: area, dates, prompts, model URI.
 
     Returns:
-        A JSON summary of the request (area, time range, prompt ids).
+        A summary for the task's log: area, time range, prompt ids.
+
+    Raises:
+        InputError: The first bad input, named.
     """
-    import json
+    time_range: TimeRange = time_range_of(request.dates, schedule_time, now)
+    params = ingest_params(
+        request.geometry, time_range, request.search, stac_url=request.stac_url or None
+    )
+    prompt_ids: list[str] = []
+    if request.settings.mode == "prompted":
+        if not request.prompts.strip():
+            raise InputError(
+                "segment_s2 needs prompts: a GeoJSON FeatureCollection of points/boxes"
+            )
+        prompt_ids = [str(p) for p in parse_prompts(request.prompts).prompt_ids]
+    elif request.prompts.strip():
+        raise InputError("auto_segment_s2 takes no prompts (use segment_s2)")
+    if request.model_uri and "://" in request.model_uri:
+        parse_model_uri(request.model_uri)
+    return {
+        "mode": request.settings.mode,
+        "area_km2": round(params.area.area_km2, 3),
+        "time_range": time_range.to_stac(),
+        "prompt_ids": prompt_ids,
+    }
 
-    from components.inference.automatic import AmgParams
-    from components.workflow import check_request, report_step_errors
 
-    with report_step_errors("check_inputs"):
-        amg = AmgParams(
-            points_per_side=points_per_side,
-            n_crop_layers=n_crop_layers,
-            crop_overlap_ratio=crop_overlap_ratio,
-            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-            pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh,
-            stability_score_offset=stability_score_offset,
-            points_per_batch=points_per_batch,
-            chip_nms_thr=chip_nms_thr,
-        )
-        summary = check_request(
-            mode,  # type: ignore[arg-type]
-            geometry,
-            prompts=prompts,
-            start_date=start_date,
-            end_date=end_date,
-            lookback_days=lookback_days,
-            reference_time=reference_time,
-            model_uri=model_uri,
-            amg_params=amg,
-            spatial_overlap=spatial_overlap,
-            mask_nms_thr=mask_nms_thr,
-            chip_shards=chip_shards,
-            max_cloud_cover=max_cloud_cover,
-            max_scenes=max_scenes,
-            band_names=band_names,
-        )
-    return json.dumps(summary)
+def check_parameters(mode: Mode, values: Mapping[str, Any]) -> str:
+    """The ``check_inputs`` task: the request from the pipeline's parameters, checked.
+
+    What was asked for is logged; the request goes on to the next tasks as JSON.
+    """
+    request = request_from_parameters(mode, values)
+    print(json.dumps(check_request(request)), flush=True)
+    return to_json(request)

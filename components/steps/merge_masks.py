@@ -1,60 +1,180 @@
-"""``merge_masks``: cross-chip merge and the run's sinks, quick-look and metrics."""
+"""``merge_masks``: every shard's masks merged per scene, and the run's outputs and sinks.
 
-from kfp import dsl
+Each scene's chips' masks are merged across seams by the scene's strategy and
+written as a complete set (segmentation COG, GeoParquet polygons, quick-look,
+summary; :func:`components.io.outputs.write_outputs`). :func:`publish_merge` then
+lays the scenes out as the pipelines' sinks and builds the Kubeflow UI's page.
+"""
 
-from components.images import image
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from components.core.chips import ChipGrid, chip_grid
+from components.core.merge import SceneMask
+from components.core.params import PipelineRequest, SegmentationSettings, from_json
+from components.inference.shard import RunStats
+from components.inference.strategy import scene_strategy
+from components.io.outputs import POLYGONS, QUICKLOOK, OutputFiles, write_outputs
+from components.io.registry import resolve_model
+from components.steps.plan_chips import ScenePlan, ShardPlan, open_planned_scene
+from components.steps.segment import read_masks
 
 
-@dsl.component(base_image=image("cpu"), install_kfp_package=False)
-def merge_masks(
-    scenes: dsl.Input[dsl.Dataset],
-    parts: dsl.Input[list[dsl.Dataset]],
-    mode: str,
-    model_uri: str,
-    segmentation_mask: dsl.Output[dsl.Dataset],
-    polygons: dsl.Output[dsl.Dataset],
-    quicklook: dsl.Output[dsl.Markdown],
-    metrics: dsl.Output[dsl.Metrics],
-    prompts: str = "",
-    spatial_overlap: float = 0.5,
-    mask_nms_thr: float = 0.5,
-    band_names: str = "B04,B03,B02",
-    band_scaling: str = "",
-    band_offset: str = "",
-    parameters: str = "{}",
-) -> None:
-    """Merge every shard's masks per scene; write COGs, GeoParquet, quick-looks, metrics."""
-    import json
-    from pathlib import Path
+@dataclass(frozen=True)
+class MergedScene:
+    """One scene's merged masks, the grid they were merged on, and the files written."""
 
-    from components.workflow import (
-        merge_segmentation,
-        parse_floats,
-        publish_merge,
-        radiometry_params,
-        report_step_errors,
+    files: OutputFiles
+    masks: list[SceneMask]
+    grid: ChipGrid
+
+
+def merge_scene(
+    plan: ScenePlan,
+    masks: Sequence[SceneMask],
+    settings: SegmentationSettings,
+    *,
+    root: Path,
+    prompts: str,
+    chip_size: int,
+    lineage: Mapping[str, Any],
+    output_dir: Path,
+    stats: RunStats | None = None,
+    extra_parameters: Mapping[str, Any] | None = None,
+) -> MergedScene:
+    """Merge one scene's chip masks and write its outputs into ``output_dir``."""
+    scene = open_planned_scene(plan, settings, root)
+    strategy = scene_strategy(settings, prompts, scene)
+    grid = chip_grid(scene.height, scene.width, chip_size, settings.spatial_overlap)
+    merged = strategy.merge(masks, grid)
+    stats = stats or RunStats(chips_total=len(plan.chips))
+    stats.chips_without_prompts = len(grid) - len(plan.chips)  # never read nor encoded
+    stats.masks_from_chips = len(masks)
+    stats.masks_merged = len(merged)
+    files = write_outputs(
+        strategy.layout(merged),
+        scene,
+        plan.scaling,
+        dict(lineage),
+        output_dir,
+        mode=strategy.mode,
+        parameters={**settings.parameters(), **(extra_parameters or {})},
+        run={
+            "chips": len(grid),
+            "dropped_prompts": [asdict(d) for d in strategy.dropped],
+            "stats": stats.to_dict(),
+        },
     )
+    return MergedScene(files, merged, grid)
 
-    with report_step_errors("merge_masks"):
-        summaries = merge_segmentation(
-            Path(scenes.path),
-            [Path(p.path) for p in parts],
-            mode,  # type: ignore[arg-type]
-            model_uri,
-            Path(segmentation_mask.path),
-            prompts=prompts,
-            spatial_overlap=spatial_overlap,
-            mask_nms_thr=mask_nms_thr,
-            radiometry=radiometry_params(
-                band_names, parse_floats(band_scaling), parse_floats(band_offset)
-            ),
-            parameters=json.loads(parameters),
-        )
-        values = publish_merge(
-            summaries, Path(segmentation_mask.path), Path(polygons.path), Path(quicklook.path)
-        )
-    for name, value in values.items():
-        metrics.log_metric(name, value)
-    if summaries:
-        segmentation_mask.metadata["model"] = summaries[0]["model"]
-    segmentation_mask.metadata["acquisitions"] = [s["acquisition"] for s in summaries]
+
+def scene_plans(shards: Sequence[ShardPlan]) -> list[ScenePlan]:
+    """Each planned scene once (with all its chips), in the order they were planned."""
+    by_key: dict[str, ScenePlan] = {}
+    for shard in shards:
+        for entry in shard.scenes:
+            known = by_key.get(entry.acquisition)
+            chips = entry.chips if known is None else known.chips + entry.chips
+            by_key[entry.acquisition] = replace(entry, chips=tuple(sorted(chips)))
+    return list(by_key.values())
+
+
+def merge_shards(
+    shards: Sequence[ShardPlan],
+    masks: Mapping[str, Sequence[SceneMask]],
+    *,
+    root: Path,
+    prompts: str,
+    lineage: Mapping[str, Any],
+    output_dir: Path,
+) -> list[dict[str, Any]]:
+    """Merge every planned scene into ``output_dir/<acquisition>/``; one summary each.
+
+    ``root`` is the scenes folder as this task sees it.
+    """
+    summaries = []
+    for plan in scene_plans(shards):
+        settings, chip_size = shards[0].settings, shards[0].chip_size
+        merged = merge_scene(
+            plan, masks.get(plan.acquisition, []), settings, root=root, prompts=prompts,
+            chip_size=chip_size, lineage=lineage, output_dir=output_dir / plan.acquisition,
+        )  # fmt: skip
+        summary = json.loads(merged.files.summary.read_text())
+        summary["acquisition"] = plan.acquisition
+        summaries.append(summary)
+    return summaries
+
+
+def publish_merge(
+    summaries: list[dict[str, Any]], merged_dir: Path, polygons_dir: Path, markdown_path: Path
+) -> dict[str, float]:
+    """Arrange merged scenes into the pipeline's sinks and build the UI's quick-look page.
+
+    ``merged_dir/<acquisition>/`` already holds each scene's outputs; polygons are
+    also gathered in ``polygons_dir`` as ``<acquisition>.parquet``. Returns the run's
+    metrics (KFP metrics are numbers).
+    """
+    polygons_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# Segmentation", ""]
+    for summary in summaries:
+        key = summary["acquisition"]
+        folder = merged_dir / key
+        shutil.copyfile(folder / POLYGONS, polygons_dir / f"{key}.parquet")
+        png = base64.b64encode((folder / QUICKLOOK).read_bytes()).decode("ascii")
+        model = summary["model"]
+        lines += [
+            f"## {key}",
+            "",
+            f"{summary['masks']} masks, {summary['polygons']} polygons from "
+            f"{summary['chips']} chips; model {model.get('model_name')} version "
+            f"{model.get('model_version')} ({summary['mode']} mode).",
+            "",
+            f"![{key}](data:image/png;base64,{png})",
+            "",
+        ]
+    if not summaries:
+        lines.append("No scene had anything to segment.")
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    markdown_path.write_text("\n".join(lines) + "\n")
+    version = summaries[0]["model"].get("model_version") if summaries else None
+    return {
+        "scenes": float(len(summaries)),
+        "chips": float(sum(int(s["chips"]) for s in summaries)),
+        "masks": float(sum(int(s["masks"]) for s in summaries)),
+        "polygons": float(sum(int(s["polygons"]) for s in summaries)),
+        "model_version": float(version) if version and str(version).isdigit() else 0.0,
+    }
+
+
+def merge_and_publish(
+    scenes_dir: Path,
+    parts: Sequence[Path],
+    shards: Sequence[Mapping[str, Any]],
+    request: str,
+    model_uri: str,
+    merged_dir: Path,
+    polygons_dir: Path,
+    markdown_path: Path,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The ``merge_masks`` task: every scene merged and written, the sinks laid out.
+
+    Returns:
+        One summary per scene and the run's metrics.
+    """
+    checked = from_json(PipelineRequest, request)
+    summaries = merge_shards(
+        [ShardPlan.from_dict(s) for s in shards],
+        read_masks(parts),
+        root=scenes_dir,
+        prompts=checked.prompts,
+        lineage=resolve_model(model_uri).lineage,
+        output_dir=merged_dir,
+    )
+    return summaries, publish_merge(summaries, merged_dir, polygons_dir, markdown_path)

@@ -1,52 +1,196 @@
-"""``plan_chips``: the chip grid of every scene, split into shards for the fan-out."""
+"""``plan_chips``: every scene's chip grid, split into shards for the inference fan-out.
 
+Per-scene facts every shard must agree on are computed here, ONCE: the band choice,
+the RGB scaling (the percentile stretch, from a decimated read of the whole scene)
+and the scene file's sha256 (the embedding cache key). A :class:`ShardPlan` is
+self-contained: the inference task needs nothing else from upstream tasks (kfp.local,
+as of kfp 2.17, hands a loop body the loop item in place of any upstream task's
+parameter output), and it travels as JSON (:meth:`ShardPlan.to_dict`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from kfp import dsl
+from components.core.chips import chip_grid, shard_chips
+from components.core.params import (
+    PipelineRequest,
+    SegmentationSettings,
+    from_json,
+    from_record,
+    to_record,
+)
+from components.core.radiometry import RgbScaling
+from components.errors import InputError
+from components.inference.strategy import SceneStrategy, scene_strategy
+from components.io.raster import SceneInfo, open_scene, scene_fingerprint, scene_scaling
+from components.io.scene_cogs import read_manifest
 
-from components.images import image
+
+@dataclass(frozen=True)
+class SceneSource:
+    """A scene raster to segment, and the key its outputs go under."""
+
+    acquisition: str
+    root: Path
+    """The folder the raster is in: each task sees the scenes under its own path."""
+    file: str
+
+    @property
+    def path(self) -> Path:
+        """Where the raster is, here."""
+        return self.root / self.file
 
 
-@dsl.component(base_image=image("cpu"), install_kfp_package=False)
-def plan_chips(
-    scenes: dsl.Input[dsl.Dataset],
-    mode: str,
-    chip_size: int,
-    model_uri: str,
-    prompts: str = "",
-    spatial_overlap: float = 0.5,
-    chip_shards: int = 1,
-    band_names: str = "B04,B03,B02",
-    band_scaling: str = "",
-    band_offset: str = "",
-) -> list[dict[str, Any]]:
-    """Lay out chips, compute each scene's stretch once, and shard the chips.
+@dataclass(frozen=True)
+class ScenePlan:
+    """One scene's part of a shard: where it is, how to read it, which chips."""
 
-    Returns:
-        One item per shard: the pinned model, its scenes, their chips and per-scene
-        facts. Items are self-contained: the inference tasks need nothing else from
-        upstream tasks (kfp.local, as of kfp 2.17, hands a loop body the loop item in
-        place of any upstream task's parameter output).
+    acquisition: str
+    file: str
+    """The raster's name in the scenes folder (each task has that folder elsewhere)."""
+    bands: tuple[int, ...]
+    """1-based band indexes of red, green, blue (one index: grey)."""
+    scaling: RgbScaling
+    fingerprint: str
+    """sha256 of the scene file: the content part of embedding cache keys."""
+    chips: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What one inference task segments, with the pinned model and the run's settings."""
+
+    shard: int
+    model_uri: str
+    chip_size: int
+    settings: SegmentationSettings
+    scenes: tuple[ScenePlan, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (a KFP ``ParallelFor`` item)."""
+        return to_record(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ShardPlan:
+        """Inverse of :meth:`to_dict`, validated."""
+        return from_record(cls, data)
+
+
+def scenes_of(scenes_dir: Path) -> list[SceneSource]:
+    """The scenes an ingest wrote, in the order of its manifest."""
+    return [
+        SceneSource(record["acquisition"], Path(scenes_dir), record["file"])
+        for record in read_manifest(scenes_dir)
+    ]
+
+
+def open_planned_scene(
+    source: SceneSource | ScenePlan, settings: SegmentationSettings, root: Path | None = None
+) -> SceneInfo:
+    """Open a scene with the run's band choice (a plan's resolved bands, once planned).
+
+    ``root`` is the scenes folder as this task sees it (for a :class:`ScenePlan`).
+
+    Raises:
+        InputError: The raster or its bands cannot be used.
     """
-    from pathlib import Path
-
-    from components.workflow import (
-        parse_floats,
-        plan_segmentation,
-        radiometry_params,
-        report_step_errors,
+    radiometry = settings.radiometry
+    if isinstance(source, ScenePlan):
+        path = Path(root or ".") / source.file
+        return open_scene(path, band_indexes=source.bands, nodata=source.scaling.nodata)
+    return open_scene(
+        source.path,
+        band_names=radiometry.band_names,
+        band_indexes=radiometry.band_indexes,
+        nodata=radiometry.nodata,
+        processing_baseline=radiometry.processing_baseline,
     )
 
-    with report_step_errors("plan_chips"):
-        shards = plan_segmentation(
-            Path(scenes.path),
-            mode,  # type: ignore[arg-type]
-            prompts=prompts,
-            spatial_overlap=spatial_overlap,
-            chip_shards=chip_shards,
-            chip_size=chip_size,
-            radiometry=radiometry_params(
-                band_names, parse_floats(band_scaling), parse_floats(band_offset)
-            ),
+
+def plan_scene(
+    source: SceneSource, scene: SceneInfo, strategy: SceneStrategy, settings: SegmentationSettings,
+    chip_size: int,
+) -> ScenePlan:  # fmt: skip
+    """One scene's plan: its chips worth segmenting, its scaling and its fingerprint."""
+    radiometry = settings.radiometry
+    grid = chip_grid(scene.height, scene.width, chip_size, settings.spatial_overlap)
+    scaling = scene_scaling(
+        scene, radiometry.band_scaling, radiometry.band_offset, radiometry.stretch,
+        radiometry.percentiles,
+    )  # fmt: skip
+    return ScenePlan(
+        acquisition=source.acquisition,
+        file=source.file,
+        bands=scene.bands,
+        scaling=scaling,
+        fingerprint=scene_fingerprint(scene.path),
+        chips=tuple(c.index for c in strategy.chips(grid)),
+    )
+
+
+def plan_segmentation(
+    sources: Sequence[SceneSource],
+    settings: SegmentationSettings,
+    *,
+    prompts: str,
+    chip_size: int,
+    model_uri: str,
+) -> list[ShardPlan]:
+    """Split the chips of every scene into ``settings.execution.chip_shards`` shards.
+
+    In prompted mode, a scene where no prompt is usable (all outside it) is left
+    out; when that is every scene, the run is an error naming why for each.
+
+    Raises:
+        InputError: No usable prompt in any scene; a raster that cannot be used.
+    """
+    plans: list[ScenePlan] = []
+    unusable = []
+    for source in sources:
+        scene = open_planned_scene(source, settings)
+        try:
+            strategy = scene_strategy(settings, prompts, scene)
+        except InputError as err:
+            if settings.mode != "prompted":
+                raise
+            unusable.append(f"{source.acquisition}: {err}")  # e.g. every prompt outside it
+            continue
+        plans.append(plan_scene(source, scene, strategy, settings, chip_size))
+    if settings.mode == "prompted" and not plans:
+        raise InputError("no usable prompt in any scene: " + "; ".join(unusable))
+    entries = [(plan, chip) for plan in plans for chip in plan.chips]
+    shards = []
+    for number, part in enumerate(shard_chips(list(range(len(entries))), _shards(settings))):
+        by_scene: dict[str, list[int]] = {}
+        for k in part:
+            plan, chip = entries[k]
+            by_scene.setdefault(plan.acquisition, []).append(chip)
+        scenes = tuple(
+            _with_chips(p, by_scene[p.acquisition]) for p in plans if p.acquisition in by_scene
         )
-    return [{**shard, "model_uri": model_uri} for shard in shards]
+        shards.append(ShardPlan(number, model_uri, chip_size, settings, scenes))
+    return shards
+
+
+def _shards(settings: SegmentationSettings) -> int:
+    return settings.execution.chip_shards
+
+
+def _with_chips(plan: ScenePlan, chips: list[int]) -> ScenePlan:
+    return replace(plan, chips=tuple(chips))
+
+
+def plan_request(
+    scenes_dir: Path, request: str, *, model_uri: str, chip_size: int
+) -> list[dict[str, Any]]:
+    """The ``plan_chips`` task: shard plans (as JSON) of every ingested scene."""
+    checked = from_json(PipelineRequest, request)
+    shards = plan_segmentation(
+        scenes_of(scenes_dir), checked.settings, prompts=checked.prompts,
+        chip_size=chip_size, model_uri=model_uri,
+    )  # fmt: skip
+    return [shard.to_dict() for shard in shards]

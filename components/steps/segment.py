@@ -1,99 +1,110 @@
-"""``segment_auto`` and ``segment_prompts``: SAM over one shard of chips (GPU tasks)."""
+"""``segment``: SAM over one shard of chips, the inference task of both pipelines.
 
+:func:`segment_shard` runs in memory (a local run is one shard); the KFP task writes
+its masks as gzipped JSON lines of COCO RLE records (:func:`write_masks`) that the
+merge reads back (:func:`read_masks`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from kfp import dsl
+import rasterio
 
-from components.images import image
+from components.core.chips import chip_grid
+from components.core.merge import SceneMask, mask_from_record, mask_to_record
+from components.inference.embeddings import EmbeddingCache
+from components.inference.model import SegmentationModel, load_model
+from components.inference.shard import EncoderSettings, Progress, RunStats, segment_chips
+from components.inference.strategy import scene_strategy
+from components.io.files import cache_dir
+from components.io.registry import resolve_model
+from components.steps.plan_chips import ShardPlan, open_planned_scene
+
+BLOCK_CACHE_MB = {True: 1024, False: 64}
+"""GDAL block cache by FarmVibes' ``in_memory``: large enough that overlapping chips
+read each block once, instead of up to four times at 50 % overlap."""
 
 
-@dsl.component(base_image=image("gpu"), install_kfp_package=False)
-def segment_auto(
-    scenes: dsl.Input[dsl.Dataset],
-    shard: dict[str, Any],
-    masks: dsl.Output[dsl.Dataset],
-    points_per_side: int = 16,
-    n_crop_layers: int = 0,
-    crop_overlap_ratio: float = 0.0,
-    crop_n_points_downscale_factor: int = 1,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    stability_score_offset: float = 1.0,
-    points_per_batch: int = 16,
-    chip_nms_thr: float = 0.7,
-    min_mask_region_area: int = 0,
-    encoder_batch_size: int = 0,
-    num_workers: int = 0,
-    in_memory: bool = True,
-) -> str:
-    """Automatic masks (SAM's point grid) for the shard's chips, with the shard's model.
+@dataclass
+class ShardResult:
+    """A shard's masks per scene (before the merge), its counts and the model's lineage."""
 
-    Returns:
-        JSON with the model lineage and the shard's counts.
+    masks: dict[str, list[SceneMask]] = field(default_factory=dict)
+    stats: RunStats = field(default_factory=RunStats)
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def segment_shard(
+    plan: ShardPlan,
+    root: Path,
+    prompts: str = "",
+    *,
+    model: SegmentationModel | None = None,
+    progress: Progress | None = None,
+) -> ShardResult:
+    """Segment every chip of ``plan`` with its pinned model (or ``model``, already loaded).
+
+    ``root`` is the scenes folder as this task sees it.
+
+    FarmVibes' ``num_workers`` and ``in_memory`` map to what they were for: chips read
+    ahead of the encoder (at least 2) and raster blocks kept in memory.
     """
-    import json
-    from pathlib import Path
-
-    from components.inference.automatic import AmgParams
-    from components.workflow import report_step_errors, segment_shard
-
-    with report_step_errors("segment_auto"):
-        result = segment_shard(
-            Path(scenes.path),
-            shard,
-            "automatic",
-            shard["model_uri"],
-            Path(masks.path),
-            amg_params=AmgParams(
-                points_per_side=points_per_side,
-                n_crop_layers=n_crop_layers,
-                crop_overlap_ratio=crop_overlap_ratio,
-                crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-                pred_iou_thresh=pred_iou_thresh,
-                stability_score_thresh=stability_score_thresh,
-                stability_score_offset=stability_score_offset,
-                points_per_batch=points_per_batch,
-                chip_nms_thr=chip_nms_thr,
-                min_mask_region_area=min_mask_region_area,
-            ),
-            encoder_batch_size=encoder_batch_size,
-            read_ahead=num_workers,
-            in_memory=in_memory,
-        )
-    masks.metadata.update({"masks": result["stats"]["masks_from_chips"], **result["lineage"]})
-    return json.dumps(result)
+    settings = plan.settings
+    model = model or load_model(resolve_model(plan.model_uri))
+    execution = settings.execution
+    cache = EmbeddingCache(cache_dir() / "embeddings") if execution.use_cache else None
+    result = ShardResult(lineage=model.lineage)
+    with rasterio.Env(GDAL_CACHEMAX=BLOCK_CACHE_MB[execution.in_memory]):
+        for entry in plan.scenes:
+            scene = open_planned_scene(entry, settings, root)
+            grid = chip_grid(scene.height, scene.width, plan.chip_size, settings.spatial_overlap)
+            masks, stats = segment_chips(
+                model,
+                scene,
+                entry.scaling,
+                [grid[i] for i in entry.chips],
+                scene_strategy(settings, prompts, scene),
+                encoder=EncoderSettings(execution.encoder_batch_size, cache, entry.fingerprint),
+                progress=progress,
+                read_ahead=max(2, execution.num_workers),
+            )
+            result.masks.setdefault(entry.acquisition, []).extend(masks)
+            result.stats.add(stats)
+    return result
 
 
-@dsl.component(base_image=image("gpu"), install_kfp_package=False)
-def segment_prompts(
-    scenes: dsl.Input[dsl.Dataset],
-    shard: dict[str, Any],
-    prompts: str,
-    masks: dsl.Output[dsl.Dataset],
-    refine_iterations: int = 0,
-    encoder_batch_size: int = 0,
-) -> str:
-    """One mask per prompt group in each of the shard's chips, with the shard's model.
+def write_masks(result: ShardResult, path: Path) -> None:
+    """A shard's masks as gzipped JSON lines (COCO RLE), written through a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with gzip.open(tmp, "wt") as out:
+        for acquisition, masks in result.masks.items():
+            for m in masks:
+                out.write(json.dumps({"scene": acquisition, **mask_to_record(m)}) + "\n")
+    tmp.replace(path)
 
-    Returns:
-        JSON with the model lineage and the shard's counts.
-    """
-    import json
-    from pathlib import Path
 
-    from components.inference.prompted import PromptParams
-    from components.workflow import report_step_errors, segment_shard
+def read_masks(paths: Sequence[Path]) -> dict[str, list[SceneMask]]:
+    """Every shard's masks, by scene."""
+    by_scene: dict[str, list[SceneMask]] = {}
+    for part in paths:
+        with gzip.open(part, "rt") as f:
+            for line in f:
+                record = json.loads(line)
+                by_scene.setdefault(record.pop("scene"), []).append(mask_from_record(record))
+    return by_scene
 
-    with report_step_errors("segment_prompts"):
-        result = segment_shard(
-            Path(scenes.path),
-            shard,
-            "prompted",
-            shard["model_uri"],
-            Path(masks.path),
-            prompts=prompts,
-            prompt_params=PromptParams(refine_iterations=refine_iterations),
-            encoder_batch_size=encoder_batch_size,
-        )
-    masks.metadata.update({"masks": result["stats"]["masks_from_chips"], **result["lineage"]})
-    return json.dumps(result)
+
+def segment_to_file(
+    scenes_dir: Path, shard: Mapping[str, Any], prompts: str, output_path: Path
+) -> dict[str, Any]:
+    """The ``segment`` task: a shard's masks written to ``output_path``; lineage and counts."""
+    result = segment_shard(ShardPlan.from_dict(shard), scenes_dir, prompts)
+    write_masks(result, output_path)
+    return {"lineage": result.lineage, "stats": result.stats.to_dict()}

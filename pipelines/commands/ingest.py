@@ -17,19 +17,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-DEFAULTS = {
-    "bands": "B04,B03,B02",
-    "max_cloud_cover": 30.0,
-    "max_roi_cloud_fraction": 0.1,
-    "max_roi_nodata_fraction": 0.05,
-    "strategy": "least_cloudy",
-    "max_scenes": 1,
-    "collection": "sentinel-2-l2a",
-    "timeout": 30.0,
-    "retries": 3,
-}
-"""Mirrors :func:`components.io.ingest.ingest_s2`'s defaults (kept here so ``--help`` needs no
-heavy import; a test checks they agree)."""
+from components.core.params import RESAMPLINGS, DateWindow, PipelineRequest, SearchParams
+from components.core.scene_choice import DEFAULT_BANDS, STRATEGIES
+from components.io.network import NetworkOptions
+from pipelines.commands.options import add_field
+
+SEARCH_OPTIONS = (
+    "bands", "max_cloud_cover", "max_roi_cloud_fraction", "max_roi_nodata_fraction",
+    "strategy", "max_scenes", "margin_m", "resampling", "collection", "max_area_km2",
+)  # fmt: skip
 
 
 def register(subparsers: Any) -> None:
@@ -52,93 +48,24 @@ def register(subparsers: Any) -> None:
         help="GeoJSON area in lon/lat: Polygon, MultiPolygon, Feature or FeatureCollection",
     )
     when = parser.add_argument_group("time range: --start-date and --end-date, or --lookback-days")
-    when.add_argument("--start-date", metavar="YYYY-MM-DD", help="first day searched")
-    when.add_argument("--end-date", metavar="YYYY-MM-DD", help="last day searched (included)")
-    when.add_argument("--lookback-days", type=int, metavar="N", help="days before --reference-time")
-    when.add_argument(
-        "--reference-time", metavar="ISO8601", help="end of the lookback (default: now)"
-    )
+    for name in ("start_date", "end_date", "lookback_days", "reference_time"):
+        add_field(when, DateWindow, name)
     choice = parser.add_argument_group("scene choice")
-    choice.add_argument(
-        "--bands",
-        default=DEFAULTS["bands"],
-        help="10/20 m bands in output order, comma-separated (default: %(default)s)",
-    )
-    choice.add_argument(
-        "--max-cloud-cover",
-        type=float,
-        default=DEFAULTS["max_cloud_cover"],
-        metavar="PCT",
-        help="tile-level eo:cloud_cover limit, filtered by the server (default: %(default)s)",
-    )
-    choice.add_argument(
-        "--max-roi-cloud-fraction",
-        type=float,
-        default=DEFAULTS["max_roi_cloud_fraction"],
-        metavar="F",
-        help="largest cloud/shadow share over the area, from SCL (default: %(default)s)",
-    )
-    choice.add_argument(
-        "--max-roi-nodata-fraction",
-        type=float,
-        default=DEFAULTS["max_roi_nodata_fraction"],
-        metavar="F",
-        help="largest share of the area without data (default: %(default)s)",
-    )
-    choice.add_argument(
-        "--strategy",
-        choices=("least_cloudy", "latest", "all"),
-        default=DEFAULTS["strategy"],
-        help="which clear dates to keep (default: %(default)s)",
-    )
-    choice.add_argument(
-        "--max-scenes",
-        type=int,
-        default=DEFAULTS["max_scenes"],
-        metavar="N",
-        help="dates kept by least_cloudy and latest (default: %(default)s)",
-    )
+    add_field(choice, SearchParams, "bands", type=str, default=",".join(DEFAULT_BANDS))
+    for name in ("max_cloud_cover", "max_roi_cloud_fraction", "max_roi_nodata_fraction"):
+        add_field(choice, SearchParams, name)
+    add_field(choice, SearchParams, "strategy", choices=STRATEGIES)
+    add_field(choice, SearchParams, "max_scenes")
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the COGs")
-    output.add_argument(
-        "--margin", type=float, default=0.0, metavar="METRES", help="ground around the area"
-    )
-    output.add_argument(
-        "--resampling",
-        choices=("nearest", "bilinear", "cubic", "average"),
-        default="nearest",
-        help="for 20 m bands and other UTM zones (default: %(default)s)",
-    )
+    add_field(output, SearchParams, "margin_m", "--margin")
+    add_field(output, SearchParams, "resampling", choices=RESAMPLINGS)
     source = parser.add_argument_group("source and network")
-    source.add_argument(
-        "--stac-url",
-        metavar="URL",
-        help="STAC API (default: $S2SAM_STAC_URL or the Planetary Computer)",
-    )
-    source.add_argument(
-        "--collection", default=DEFAULTS["collection"], help="(default: %(default)s)"
-    )
-    source.add_argument(
-        "--max-area-km2",
-        type=float,
-        default=None,
-        metavar="KM2",
-        help="largest area accepted (default: 15000, a whole tile fits)",
-    )
-    source.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULTS["timeout"],
-        metavar="S",
-        help="per-request timeout in seconds (default: %(default)s)",
-    )
-    source.add_argument(
-        "--retries",
-        type=int,
-        default=DEFAULTS["retries"],
-        metavar="N",
-        help="retries of a failed request (default: %(default)s)",
-    )
+    add_field(source, PipelineRequest, "stac_url")
+    add_field(source, SearchParams, "collection")
+    add_field(source, SearchParams, "max_area_km2")
+    add_field(source, NetworkOptions, "timeout_s", "--timeout")
+    add_field(source, NetworkOptions, "retries")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log what is searched and read"
@@ -177,43 +104,24 @@ class _ProgressBars:
 
 def run(args: argparse.Namespace) -> int:
     """Run the ingest; print one line per scene written, then the manifest's path."""
-    from components.core.area import DEFAULT_MAX_AREA_KM2
-    from components.core.scene_choice import NoSceneError
-    from components.io.ingest import NetworkOptions, ServiceError, ingest_s2
+    from components.io.ingest import ingest_params, ingest_s2
+    from components.steps.request import time_range_of
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    enabled = not args.no_progress and sys.stderr.isatty()
-    with _ProgressBars(enabled) as progress:
-        try:
-            result = ingest_s2(
-                Path(args.geometry),
-                args.output_dir,
-                start_date=args.start_date,
-                end_date=args.end_date,
-                lookback_days=args.lookback_days,
-                reference_time=args.reference_time,
-                bands=args.bands,
-                max_cloud_cover=args.max_cloud_cover,
-                max_roi_cloud_fraction=args.max_roi_cloud_fraction,
-                max_roi_nodata_fraction=args.max_roi_nodata_fraction,
-                strategy=args.strategy,
-                max_scenes=args.max_scenes,
-                margin_m=args.margin,
-                resampling=args.resampling,
-                stac_url=args.stac_url,
-                collection=args.collection,
-                max_area_km2=(
-                    DEFAULT_MAX_AREA_KM2 if args.max_area_km2 is None else args.max_area_km2
-                ),
-                network=NetworkOptions(timeout_s=args.timeout, retries=args.retries),
-                progress=progress,
-            )
-        except (NoSceneError, ServiceError) as err:
-            print(f"s2sam ingest: error: {err}", file=sys.stderr)
-            return 1
+    dates = DateWindow(args.start_date, args.end_date, args.lookback_days, args.reference_time)
+    search = SearchParams(**{name: getattr(args, name) for name in SEARCH_OPTIONS})
+    params = ingest_params(
+        Path(args.geometry),
+        time_range_of(dates),
+        search,
+        stac_url=args.stac_url or None,
+        network=NetworkOptions(timeout_s=args.timeout_s, retries=args.retries),
+    )
+    with _ProgressBars(not args.no_progress and sys.stderr.isatty()) as progress:
+        result = ingest_s2(params, args.output_dir, progress)
     for scene in result.scenes:
         print(
             f"{scene.path}\t{scene.key}\t{','.join(scene.tiles)}\tcloud {scene.cloud_fraction:.1%}"

@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import UserError
+from components.errors import InputError
 
 DEFAULT_EXPERIMENT = "s2sam"
 
@@ -180,40 +181,24 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
 @contextmanager
 def _client(args: argparse.Namespace) -> Iterator[Any]:
     """A connected client; KFP failures become exit codes and one-line messages."""
-    from pipelines.kfp_client import KfpClient, Network, resolve_token
+    from pipelines.kfp_client import DEFAULT_NETWORK, KfpClient, resolve_token
 
     if not args.host:
-        raise UserError("--host is required (or set $KF_PIPELINES_ENDPOINT)")
+        raise InputError("--host is required (or set $KF_PIPELINES_ENDPOINT)")
     if args.timeout <= 0 or args.retries < 0:
-        raise UserError("--timeout must be > 0 and --retries >= 0")
+        raise InputError("--timeout must be > 0 and --retries >= 0")
     token = resolve_token(args.token_file, args.kube_context)
     client = KfpClient(
         args.host,
         token,
         ui_host=args.ui_host,
         namespace=args.namespace,
-        network=Network(timeout_s=args.timeout, retries=args.retries),
+        network=replace(DEFAULT_NETWORK, timeout_s=args.timeout, retries=args.retries),
     )
     try:
         yield client
     finally:
         client.close()
-
-
-def _handle_kfp_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
-    def wrapped(args: argparse.Namespace) -> int:
-        from pipelines.kfp_client import KfpAuthError, KfpError
-
-        try:
-            return handler(args)
-        except KfpAuthError as err:
-            raise UserError(str(err)) from None
-        except KfpError as err:
-            print(f"s2sam {args.command}: error: {err}", file=sys.stderr)
-            return 1
-
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
 
 
 def _prepare(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -234,7 +219,6 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return package, parameters
 
 
-@_handle_kfp_errors
 def _submit(args: argparse.Namespace) -> int:
     from pipelines.submission import (
         ensure_experiment,
@@ -245,7 +229,7 @@ def _submit(args: argparse.Namespace) -> int:
     )
 
     if args.poll_interval <= 0:
-        raise UserError("--poll-interval must be > 0")
+        raise InputError("--poll-interval must be > 0")
     package, parameters = _prepare(args)
     with _client(args) as client:
         version = ensure_pipeline_version(client, package, args.pipeline_name)
@@ -284,7 +268,6 @@ def _submit(args: argparse.Namespace) -> int:
         return 0
 
 
-@_handle_kfp_errors
 def _schedule_create(args: argparse.Namespace) -> int:
     from pipelines.submission import (
         Schedule,
@@ -299,7 +282,7 @@ def _schedule_create(args: argparse.Namespace) -> int:
     )
 
     if args.max_concurrency < 1:
-        raise UserError("--max-concurrency must be at least 1")
+        raise InputError("--max-concurrency must be at least 1")
     package, parameters = _prepare(args)
     schedule = Schedule(
         cron=kfp_cron(args.cron) if args.cron else None,
@@ -339,7 +322,6 @@ def _schedule_create(args: argparse.Namespace) -> int:
     return 0
 
 
-@_handle_kfp_errors
 def _schedule_list(args: argparse.Namespace) -> int:
     from pipelines.submission import describe_trigger, table
 
@@ -348,7 +330,7 @@ def _schedule_list(args: argparse.Namespace) -> int:
         if args.experiment:
             experiment = client.find_experiment(args.experiment)
             if experiment is None:
-                raise UserError(f"no experiment {args.experiment!r}")
+                raise InputError(f"no experiment {args.experiment!r}")
             experiment_id = str(experiment["experiment_id"])
         runs = client.recurring_runs(experiment_id)
     if not runs:
@@ -389,17 +371,14 @@ def _schedule_action(args: argparse.Namespace, action: str) -> int:
     return 0
 
 
-@_handle_kfp_errors
 def _schedule_pause(args: argparse.Namespace) -> int:
     return _schedule_action(args, "pause")
 
 
-@_handle_kfp_errors
 def _schedule_resume(args: argparse.Namespace) -> int:
     return _schedule_action(args, "resume")
 
 
-@_handle_kfp_errors
 def _schedule_delete(args: argparse.Namespace) -> int:
     return _schedule_action(args, "delete")
 

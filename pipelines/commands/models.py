@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import UserError
+from components.errors import InputError
 
 MODEL_TYPES_HELP = "vit_b, vit_l, vit_h (published SAM models) or vit_tiny (tests)"
 
@@ -56,29 +56,24 @@ def register(subparsers: Any) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from model_export.architectures import get_architecture
-    from model_export.export import ExportError
     from model_export.register import export_and_register
-    from model_export.weights import WeightsError
 
     get_architecture(args.model_type)  # unknown type: clear error before any work
     if args.seed is not None and not args.random_weights:
-        raise UserError("--seed only applies with --random-weights")
+        raise InputError("--seed only applies with --random-weights")
     if args.random_weights and args.seed is None:
-        raise UserError("--random-weights needs --seed N so the weights are reproducible")
-    try:
-        exported, registered = export_and_register(
-            args.model_type,
-            checkpoint=args.checkpoint,
-            random_weights=args.random_weights,
-            seed=args.seed,
-            fp16=args.fp16,
-            alias=args.alias,
-            model_name=args.model_name,
-            output_dir=args.output_dir,
-            force_external_data=args.external_data,
-        )
-    except (WeightsError, ExportError) as err:
-        raise UserError(str(err)) from err
+        raise InputError("--random-weights needs --seed N so the weights are reproducible")
+    exported, registered = export_and_register(
+        args.model_type,
+        checkpoint=args.checkpoint,
+        random_weights=args.random_weights,
+        seed=args.seed,
+        fp16=args.fp16,
+        alias=args.alias,
+        model_name=args.model_name,
+        output_dir=args.output_dir,
+        force_external_data=args.external_data,
+    )
     print(f"registered {registered.name} version {registered.version}")
     if registered.alias:
         print(f"alias {registered.alias} -> version {registered.version}")

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 def chip_image(size: int) -> tuple[np.ndarray, str]:
     """The real Sentinel-2 sample padded to a chip when available, else a synthetic chip."""
     from components.core.radiometry import scene_rgb_scaling, to_rgb
-    from components.inference.onnx_sam import pad_chip
+    from components.inference.model import pad_chip
     from tests.conftest import shared_data_dir
 
     data = shared_data_dir()
@@ -73,7 +73,8 @@ def main() -> None:
     import torch
     from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
-    from components.inference.automatic import AmgParams, generate_chip_masks
+    from components.core.params import AmgParams
+    from components.inference.automatic import generate_chip_masks
     from components.inference.onnx_sam import SamModel, cpu_count
     from components.io.registry import read_manifest
     from model_export.architectures import get_architecture

@@ -9,7 +9,8 @@ pytestmark = pytest.mark.skipif(
     reason="no CUDA: onnxruntime-gpu and an NVIDIA GPU are needed (the [gpu] extra)",
 )
 
-from components.inference.onnx_sam import SamModel, prompt_arrays  # noqa: E402
+from components.inference.model import prompt_arrays  # noqa: E402
+from components.inference.onnx_sam import SamModel  # noqa: E402
 from components.io.registry import read_manifest  # noqa: E402
 
 

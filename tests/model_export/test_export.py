@@ -11,7 +11,8 @@ import torch
 from segment_anything import SamPredictor
 
 from components.inference.onnx_sam import open_session
-from components.io.registry import MANIFEST_NAME, file_sha256, read_manifest
+from components.io.files import file_sha256
+from components.io.registry import MANIFEST_NAME, read_manifest
 from model_export.architectures import ARCHITECTURES
 from model_export.export import (
     ExportError,

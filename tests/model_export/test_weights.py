@@ -7,6 +7,8 @@ from typing import ClassVar
 
 import pytest
 
+from components.errors import InputError, IntegrityError, ServiceError
+
 torch = pytest.importorskip("torch", reason="model export needs the [export] extra")
 pytest.importorskip("segment_anything")
 
@@ -14,7 +16,6 @@ from model_export.architectures import ARCHITECTURES  # noqa: E402
 from model_export.weights import (  # noqa: E402
     OFFICIAL_CHECKPOINTS,
     OfficialCheckpoint,
-    WeightsError,
     download_checkpoint,
     load_checkpoint,
     random_sam,
@@ -114,14 +115,14 @@ def test_download_retries_server_errors(tmp_path, monkeypatch):
     with serve(BLOB, failures=2) as (url, handler):
         path = download_checkpoint(official(url, BLOB), tmp_path, progress=None)
     assert len(handler.requests) == 3 and path.read_bytes() == BLOB
-    with serve(BLOB, failures=10) as (url, _), pytest.raises(WeightsError, match="3 attempts"):
+    with serve(BLOB, failures=10) as (url, _), pytest.raises(ServiceError, match="3 attempts"):
         download_checkpoint(official(url, BLOB), tmp_path / "x", retries=3, progress=None)
 
 
 def test_download_with_a_wrong_digest_removes_the_file(tmp_path):
     with serve(BLOB) as (url, _):
         bad = OfficialCheckpoint(url, "0" * 64, len(BLOB))
-        with pytest.raises(WeightsError, match="expected 0000"):
+        with pytest.raises(IntegrityError, match="expected 0000"):
             download_checkpoint(bad, tmp_path, progress=None)
     assert list(tmp_path.iterdir()) == []
 
@@ -134,7 +135,7 @@ def test_download_times_out_on_a_stalled_server(tmp_path):
     listener.listen()  # accepts connections, never answers
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/ckpt.pth"
     try:
-        with pytest.raises(WeightsError, match="could not download"):
+        with pytest.raises(ServiceError, match="could not download"):
             download_checkpoint(
                 official(url, BLOB), tmp_path, timeout=0.5, retries=2, progress=None
             )
@@ -169,25 +170,25 @@ def test_random_weights_are_seeded_and_ignore_global_rng():
 
 def test_checkpoint_for_another_model_type_names_both(tmp_path):
     ckpt = save_state(tmp_path / "tiny.pth")
-    with pytest.raises(WeightsError, match=r"tiny.pth does not fit model type 'vit_b'.*shapes"):
+    with pytest.raises(InputError, match=r"tiny.pth does not fit model type 'vit_b'.*shapes"):
         load_checkpoint(ckpt, ARCHITECTURES["vit_b"])
 
 
 def test_corrupt_missing_and_foreign_checkpoints(tmp_path):
-    with pytest.raises(WeightsError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pth", TINY)
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x00not a checkpoint" * 100)
-    with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(InputError, match="not a readable PyTorch checkpoint"):
         load_checkpoint(corrupt, TINY)
     listing = tmp_path / "list.pth"
     torch.save([torch.zeros(3)], listing)
-    with pytest.raises(WeightsError, match="holds a list, not a state dict"):
+    with pytest.raises(InputError, match="holds a list, not a state dict"):
         load_checkpoint(listing, TINY)
     truncated = tmp_path / "truncated.pth"
     full = save_state(tmp_path / "full.pth")
     truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    with pytest.raises(WeightsError, match="not a readable"):
+    with pytest.raises(InputError, match="not a readable"):
         load_checkpoint(truncated, TINY)
 
 
@@ -198,12 +199,12 @@ def test_pickled_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, path)
-    with pytest.raises(WeightsError, match="not a readable"):
+    with pytest.raises(InputError, match="not a readable"):
         load_checkpoint(path, TINY)
 
 
 def test_weights_source_rules():
-    with pytest.raises(WeightsError, match="not both"):
+    with pytest.raises(InputError, match="not both"):
         resolve_weights(TINY, checkpoint=Path("x"), random_weights=True, seed=1)
-    with pytest.raises(WeightsError, match="--seed only applies"):
+    with pytest.raises(InputError, match="--seed only applies"):
         resolve_weights(TINY, seed=1)

@@ -7,7 +7,7 @@ import yaml
 
 from components.images import image
 from pipelines.compile import COMPILED_DIR, compile_pipelines
-from pipelines.definitions import PIPELINES
+from pipelines.definitions import DEFINITIONS
 
 FARMVIBES = {
     "segment_s2": {"model_type": "vit_b", "spatial_overlap": 0.5, "pc_key": ""},
@@ -19,6 +19,9 @@ FARMVIBES = {
         "in_memory": True, "chip_nms_thr": 0.7, "mask_nms_thr": 0.5, "pc_key": "",
     },
 }  # fmt: skip
+
+
+CHECK_TASK = {"segment_s2": "check-prompted-inputs", "auto_segment_s2": "check-auto-inputs"}
 
 
 def load(path: Path) -> list[dict]:
@@ -36,7 +39,7 @@ def test_checked_in_yaml_is_current(tmp_path):
         )
 
 
-@pytest.fixture(scope="module", params=sorted(PIPELINES))
+@pytest.fixture(scope="module", params=sorted(DEFINITIONS))
 def spec(request):
     return request.param, load(COMPILED_DIR / f"{request.param}.yaml")[0]
 
@@ -101,13 +104,14 @@ def test_ingest_retries_and_the_dag_shape(spec):
         return
     tasks = doc["root"]["dag"]["tasks"]
     deps = {k: set(v.get("dependentTasks", [])) for k, v in tasks.items()}
-    assert deps["check-inputs"] == set()  # runs first: bad input fails before heavy work
-    assert deps["resolve-model"] == deps["ingest-s2"] == {"check-inputs"}
+    check = CHECK_TASK[name]
+    assert deps[check] == set()  # runs first: bad input fails before heavy work
+    assert deps["resolve-model"] == deps["ingest-s2"] == {check}
     assert tasks["ingest-s2"]["retryPolicy"]["maxRetryCount"] == 3
     assert tasks["ingest-s2"]["retryPolicy"]["backoffDuration"] == "60s"
-    assert deps["plan-chips"] == {"ingest-s2", "resolve-model"}
+    assert deps["plan-chips"] == {"ingest-s2", "resolve-model", check}
     assert "parameterIterator" in tasks["for-loop-1"]  # the fan-out over chip shards
-    assert deps["merge-masks"] == {"for-loop-1", "ingest-s2", "resolve-model"}
+    assert deps["merge-masks"] == {"for-loop-1", "ingest-s2", "resolve-model", "plan-chips", check}
     sinks = doc["root"]["outputDefinitions"]["artifacts"]
     assert set(sinks) == {"s2_raster", "segmentation_mask", "polygons"}
     assert all(
@@ -132,7 +136,7 @@ def test_no_secret_in_compiled_yaml():
 def test_kubernetes_settings_of_each_task(name):
     k8s = kubernetes(name)
     doc = load(COMPILED_DIR / f"{name}.yaml")[0]
-    inference = next(k for k in k8s if k.startswith("exec-segment-"))
+    inference = "exec-segment-shard"
     gpu = k8s[inference]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}.items() <= (
         gpu["tolerations"][0].items()
@@ -147,7 +151,7 @@ def test_kubernetes_settings_of_each_task(name):
         "PC_SDK_SUBSCRIPTION_KEY": ("s2sam-planetary-computer", True)
     }
     assert "MLFLOW_TRACKING_URI" in env_secrets(k8s["exec-resolve-model"])
-    for task in ("exec-check-inputs", "exec-plan-chips", "exec-merge-masks"):
+    for task in (f"exec-{CHECK_TASK[name]}", "exec-plan-chips", "exec-merge-masks"):
         assert env_secrets(k8s[task]) == {}, task
         assert "tolerations" not in k8s[task], task
     assert all(int(c["activeDeadlineSeconds"]) > 0 for c in k8s.values())
@@ -169,13 +173,13 @@ def test_compile_a_clusters_own_copy(tmp_path, capsys):
     out = tmp_path / "compiled"
     assert main(["compile", "--settings", str(settings), "--output-dir", str(out)]) == 0
     k8s = kubernetes("auto_segment_s2", out)
-    gpu = k8s["exec-segment-auto"]
+    gpu = k8s["exec-segment-shard"]
     assert gpu["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert gpu["pvcMount"][0]["mountPath"] == "/var/cache/s2sam"
     assert "emptyDirMounts" not in gpu
     doc = load(out / "auto_segment_s2.yaml")[0]
     assert (
-        executors(doc)["exec-segment-auto"]["container"]["resources"]["resourceMemoryLimit"]
+        executors(doc)["exec-segment-shard"]["container"]["resources"]["resourceMemoryLimit"]
         == "64Gi"
     )
     settings.write_text("gpu_tolerations: oops\n")

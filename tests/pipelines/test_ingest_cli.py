@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -13,9 +12,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from components.io.ingest import ingest_s2
 from pipelines.cli import main
-from pipelines.commands.ingest import DEFAULTS
 from tests.fixtures.s2_world import REAL_TIF, expected_dn, real_roi, roi
 
 FAST = ["--timeout", "10", "--retries", "1", "--no-progress"]
@@ -98,20 +95,3 @@ def test_no_scene_exits_1_and_says_what_was_searched(stac, tmp_path, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "no scene found" in err and "2022-01-01T00:00:00Z/2022-01-31" in err
-
-
-def test_cli_defaults_match_the_library():
-    params = inspect.signature(ingest_s2).parameters
-    for name, value in DEFAULTS.items():
-        if name in params:
-            default = params[name].default
-            default = ",".join(default) if isinstance(default, tuple) else default
-            assert default == value, name
-    network = inspect.signature(ingest_s2).parameters["network"].default
-    assert network is None
-    from components.io.ingest import NetworkOptions
-
-    assert (NetworkOptions().timeout_s, NetworkOptions().retries) == (
-        DEFAULTS["timeout"],
-        DEFAULTS["retries"],
-    )

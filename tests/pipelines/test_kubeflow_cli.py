@@ -9,6 +9,7 @@ import pytest
 import yaml
 from kfp import compiler, dsl
 
+from components.errors import InputError
 from components.version import __version__
 from pipelines import submission
 from pipelines.cli import main
@@ -475,7 +476,7 @@ def test_parameters_named_like_credentials_are_refused():
         uses_schedule_time=False,
     )
     assert submission.build_parameters(package, {}, {"pc_key": ""}, environ={}) == {"pc_key": ""}
-    with pytest.raises(submission.SubmitError, match="pc_key looks like a credential"):
+    with pytest.raises(InputError, match="pc_key looks like a credential"):
         submission.build_parameters(package, {}, {"pc_key": "abc"}, environ={})
 
 
@@ -502,7 +503,7 @@ def test_kfp_cron(expression, expected):
 
 @pytest.mark.parametrize("expression", ["", "every monday", "0 0 6 * *  * *", "0 0 6 * * MON;rm"])
 def test_bad_cron(expression):
-    with pytest.raises(submission.SubmitError, match="is not a cron expression"):
+    with pytest.raises(InputError, match="is not a cron expression"):
         kfp_cron(expression)
 
 
@@ -512,7 +513,7 @@ def test_intervals():
     assert interval_seconds("1d12h") == 129600
     assert interval_seconds("3600") == 3600
     for bad in ("soon", "10s", "1x"):
-        with pytest.raises(submission.SubmitError):
+        with pytest.raises(InputError):
             interval_seconds(bad)
 
 

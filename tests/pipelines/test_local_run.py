@@ -76,7 +76,7 @@ def test_auto_segment_s2_end_to_end(setup, tmp_path):
     run, bands, polygons, _ = check_sinks(out, "automatic")
     assert bands.dtype == np.uint32 and bands.shape[0] == 1
     assert len(polygons) == run["metrics"][next(iter(run["metrics"]))]["polygons"]
-    for task in ("check-inputs", "ingest-s2", "resolve-model", "plan-chips", "merge-masks"):
+    for task in ("check-auto-inputs", "ingest-s2", "resolve-model", "plan-chips", "merge-masks"):
         assert f"task {task}: SUCCESS" in result.stderr  # per-task progress
 
 
@@ -213,10 +213,11 @@ def test_invalid_geometry_is_rejected_before_any_work(setup, tmp_path):
 
 def test_a_failing_task_surfaces_its_own_message(setup, tmp_path):
     """Inside the pipeline (as from the Kubeflow UI): the task's line, not KFP's trace."""
-    from pipelines.local import PipelineFailed, run_pipeline
+    from components.errors import TaskFailed
+    from pipelines.local import run_pipeline
 
     stac, area = setup
-    with pytest.raises(PipelineFailed, match=r"check_inputs: .*at least one prompt") as err:
+    with pytest.raises(TaskFailed, match=r"check_inputs: .*at least one prompt") as err:
         run_pipeline(
             "segment_s2",
             {"geometry": area.read_text(), "prompts": EMPTY_PROMPTS,
@@ -224,6 +225,7 @@ def test_a_failing_task_surfaces_its_own_message(setup, tmp_path):
             tmp_path / "o",
         )  # fmt: skip
     assert "Traceback" not in str(err.value)
+    assert err.value.exit_code == 2  # the user's input, as `s2sam run` reports it
 
 
 def test_main_job_offline_stops_within_a_minute_naming_what_it_cannot_reach(tmp_path):

@@ -18,22 +18,19 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
+from components.core.params import SearchParams
 from components.core.scene_choice import (
     NoSceneError,
     TooCloudyError,
     cover_area,
     group_acquisitions,
+    resolve_time_range,
 )
-from components.io.ingest import (
-    MANIFEST_NAME,
-    NetworkOptions,
-    ServiceError,
-    blob_containers,
-    ingest_params,
-    ingest_s2,
-    redact,
-    tile_item,
-)
+from components.errors import ServiceError
+from components.io.ingest import ingest_params, ingest_s2
+from components.io.network import NetworkOptions, redact
+from components.io.scene_cogs import MANIFEST_NAME
+from components.io.stac import blob_containers, tile_item
 from tests.fixtures.s2_world import (
     ACQUISITIONS,
     BLOB_COLLECTION,
@@ -53,10 +50,21 @@ MAY = {"start_date": "2023-05-01", "end_date": "2023-05-31"}
 D1 = {"start_date": "2023-05-02", "end_date": "2023-05-02"}
 
 
-def ingest(stac, out: Path, area, **kwargs):
-    kwargs.setdefault("network", NET)
+DATES = ("start_date", "end_date", "lookback_days", "reference_time")
+
+
+def params_of(geometry, *, stac_url=None, network=NET, pc_key=None, **kwargs):
+    """Ingest parameters from flat keywords: dates, search parameters, the rest."""
+    dates = {k: kwargs.pop(k) for k in DATES if k in kwargs}
+    return ingest_params(
+        geometry, resolve_time_range(**dates), SearchParams(**kwargs), stac_url=stac_url,
+        network=network, pc_key=pc_key,
+    )  # fmt: skip
+
+
+def ingest(stac, out: Path, area, *, progress=None, **kwargs):
     kwargs.setdefault("stac_url", stac.url)
-    return ingest_s2(json.dumps(area), out, **kwargs)
+    return ingest_s2(params_of(json.dumps(area), **kwargs), out, progress)
 
 
 def read(path: Path):
@@ -367,16 +375,16 @@ def test_geometry_from_a_file(tmp_path):
     path = tmp_path / "area.geojson"
     path.write_text(json.dumps(roi("single")))
     for given in (path, str(path)):
-        assert ingest_params(given, **MAY).area.area_km2 == pytest.approx(1.0, rel=3e-3)
+        assert params_of(given, **MAY).area.area_km2 == pytest.approx(1.0, rel=3e-3)
     with pytest.raises(ValueError, match=r"geometry file .*missing\.geojson.* cannot be read"):
-        ingest_params(str(tmp_path / "missing.geojson"), **MAY)
+        params_of(str(tmp_path / "missing.geojson"), **MAY)
 
 
 def test_stac_url_from_the_environment(stac, monkeypatch):
     monkeypatch.setenv("S2SAM_STAC_URL", stac.url + "/")
-    assert ingest_params(roi("single"), **MAY).stac_url == stac.url
+    assert params_of(roi("single"), **MAY).stac_url == stac.url
     monkeypatch.delenv("S2SAM_STAC_URL")
-    assert ingest_params(roi("single"), **MAY).stac_url.startswith("https://planetarycomputer")
+    assert params_of(roi("single"), **MAY).stac_url.startswith("https://planetarycomputer")
 
 
 # --- signing ------------------------------------------------------------------------

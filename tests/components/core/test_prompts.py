@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,13 +78,6 @@ def group(
 
 def by_id(groups: list[PromptGroup] | tuple[PromptGroup, ...]) -> dict[int | str, PromptGroup]:
     return {g.prompt_id: g for g in groups}
-
-
-def shared_data() -> Path:
-    env = os.environ.get("S2SAM_SHARED_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 # --- validation -------------------------------------------------------------------
@@ -604,10 +595,8 @@ def test_scene_to_chip_end_to_end() -> None:
 # --- real parcels -----------------------------------------------------------------
 
 
-def test_real_parcel_polygons_land_on_their_bounds() -> None:
-    path = shared_data() / "parcels" / "at_invekos_2025_sample.gpkg"
-    if not path.exists():
-        pytest.skip(f"shared parcel data not found at {path} (set S2SAM_SHARED_DATA)")
+def test_real_parcel_polygons_land_on_their_bounds(shared_file) -> None:
+    path = shared_file("parcels/at_invekos_2025_sample.gpkg")
     gpd = pytest.importorskip("geopandas", reason="geopandas is needed to read the gpkg")
     parcels = gpd.read_file(path)
     assert parcels.crs == CRS.from_epsg(31287)

@@ -3,11 +3,12 @@ import shutil
 import numpy as np
 import pytest
 
+from components.errors import IntegrityError, ModelNotFoundError, ServiceError
+
 pytest.importorskip("mlflow")
 
 from components.inference.onnx_sam import open_session
 from components.io.registry import (
-    ModelResolutionError,
     client,
     default_model_uri,
     list_models,
@@ -85,7 +86,7 @@ def test_a_tampered_registered_file_is_refused(tiny_export, local_registry):
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0xFF
     stored.write_bytes(bytes(data))
-    with pytest.raises(ModelResolutionError, match=r"decoder.onnx has sha256 .* refusing"):
+    with pytest.raises(IntegrityError, match=r"decoder.onnx has sha256 .* refusing"):
         resolve_model("models:/sam-t@champion")
     cache = local_registry / "cache" / "models" / "sam-t"
     assert not cache.exists() or list(cache.iterdir()) == []  # nothing kept, nothing used
@@ -115,11 +116,11 @@ def test_external_data_model_registers_and_loads(local_registry, tmp_path):
     stored = next((local_registry / "home" / "mlartifacts").rglob("encoder.onnx.data"))
     stored.write_bytes(stored.read_bytes()[:-8] + b"tampered")
     shutil.rmtree(model.directory)
-    with pytest.raises(ModelResolutionError, match=r"encoder.onnx.data has sha256"):
+    with pytest.raises(IntegrityError, match=r"encoder.onnx.data has sha256"):
         resolve_model("models:/sam-ext@champion")
     # and a store that lost the files fails with a clear message, not MLflow's traceback
     shutil.rmtree(local_registry / "home" / "mlartifacts")
-    with pytest.raises(ModelResolutionError, match="could not download its files"):
+    with pytest.raises(ServiceError, match="could not download its files"):
         resolve_model("models:/sam-ext@champion")
 
 
@@ -128,23 +129,23 @@ def test_local_directory_is_verified_too(tiny_export, tmp_path):
     shutil.copytree(tiny_export, copy)
     assert resolve_model(str(copy)).name == "local"
     (copy / "decoder_lowres.onnx").write_bytes(b"x")
-    with pytest.raises(ModelResolutionError, match=r"decoder_lowres\.onnx"):
+    with pytest.raises(IntegrityError, match=r"decoder_lowres\.onnx"):
         resolve_model(str(copy))
-    with pytest.raises(ModelResolutionError, match="not an exported s2sam model"):
+    with pytest.raises(ModelNotFoundError, match="not an exported s2sam model"):
         resolve_model(str(tmp_path))
 
 
 def test_resolution_errors_are_clear(tiny_export, local_registry):
     register_model(tiny_export, "sam-e", "champion", alias_explicit=True)
-    with pytest.raises(ModelResolutionError, match=r"no alias 'prod'.*champion"):
+    with pytest.raises(ModelNotFoundError, match=r"no alias 'prod'.*champion"):
         resolve_model("models:/sam-e@prod")
-    with pytest.raises(ModelResolutionError, match="no version 9"):
+    with pytest.raises(ModelNotFoundError, match="no version 9"):
         resolve_model("models:/sam-e/9")
-    with pytest.raises(ModelResolutionError, match=r"no registered model 'sam-nope'.*sam-e"):
+    with pytest.raises(ModelNotFoundError, match=r"no registered model 'sam-nope'.*sam-e"):
         resolve_model("models:/sam-nope@champion")
-    with pytest.raises(ModelResolutionError, match="is not models:/"):
+    with pytest.raises(ModelNotFoundError, match="is not models:/"):
         resolve_model("runs:/abc/model")
-    with pytest.raises(ModelResolutionError, match="is not models:/"):
+    with pytest.raises(ModelNotFoundError, match="is not models:/"):
         parse_model_uri("models:/only-name")
     assert default_model_uri("vit_b") == "models:/sam-vit_b@champion"
 
@@ -154,6 +155,6 @@ def test_a_version_that_is_not_ours_is_refused(local_registry, tmp_path):
     c.create_registered_model("someone-else")
     (tmp_path / "f").write_text("x")
     c.create_model_version("someone-else", source=str(tmp_path))
-    with pytest.raises(ModelResolutionError, match="not an s2sam SAM model"):
+    with pytest.raises(ModelNotFoundError, match="not an s2sam SAM model"):
         resolve_model("models:/someone-else/1")
     assert list_models() == []

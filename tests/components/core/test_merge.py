@@ -2,18 +2,22 @@ import numpy as np
 import pytest
 
 from components.core.chips import ChipGrid, chip_grid
+from components.core.geometry import mask_box
 from components.core.merge import (
     SceneMask,
-    mask_box,
     mask_iou,
     mask_nms,
     masks_from_chip,
     merge_automatic,
     merge_prompted,
     pixel_owner,
-    render_labels,
-    render_prompt_bands,
 )
+from components.core.rendering import render_labels, render_prompt_bands
+
+
+def whole(shape):
+    """The box of a whole ``(height, width)`` scene."""
+    return (0, 0, shape[1], shape[0])
 
 
 def disk(shape, cy, cx, r):
@@ -119,9 +123,9 @@ def test_empty_input_gives_empty_result():
     assert merge_automatic([], grid) == []
     assert merge_prompted([], grid) == []
     assert mask_nms([], 0.5) == []
-    labels = render_labels([], (0, 0, 50, 60))
+    labels = render_labels([], whole((50, 60)))
     assert labels.shape == (50, 60) and labels.dtype == np.uint32 and not labels.any()
-    bands = render_prompt_bands([], ["a", "b"], (0, 0, 5, 5))
+    bands = render_prompt_bands([], ["a", "b"], whole((5, 5)))
     assert bands.shape == (2, 5, 5) and not bands.any()
 
 
@@ -185,7 +189,7 @@ def test_scene_that_is_a_window_of_a_larger_raster():
     grid = chip_grid(512, 520, size=256, spatial_overlap=0.5)
     masks = oracle_chip_masks(grid, [scene], np.random.default_rng(2))
     (merged,) = merge_automatic(masks, grid)
-    labels = render_labels([merged], (0, 0, 512, 520))
+    labels = render_labels([merged], whole((512, 520)))
     np.testing.assert_array_equal(labels.astype(bool), scene)
 
 
@@ -210,7 +214,7 @@ def test_nested_fields_both_survive_and_the_small_one_is_visible():
     masks = masks_from_chip(grid[0], np.stack([big, small]), [0.9, 0.99], [0.97, 0.97])
     merged = merge_automatic(masks, grid)
     assert len(merged) == 2
-    labels = render_labels(merged, (0, 0, 256, 256))
+    labels = render_labels(merged, whole((256, 256)))
     big_id = 1 + [m.area for m in merged].index(big.sum())
     small_id = 1 + [m.area for m in merged].index(small.sum())
     assert (labels[small] == small_id).all()
@@ -233,12 +237,12 @@ def test_nms_keeps_the_better_ranked_duplicate():
 def test_render_labels_by_window_equals_the_full_render():
     shape, grid, objects = seam_scene()
     merged = merge_automatic(oracle_chip_masks(grid, objects, np.random.default_rng(4)), grid)
-    full = render_labels(merged, (0, 0, *shape))
+    full = render_labels(merged, whole(shape))
     tiles = np.zeros_like(full)
     for r in range(0, shape[0], 100):
         for c in range(0, shape[1], 130):
             h, w = min(100, shape[0] - r), min(130, shape[1] - c)
-            tiles[r : r + h, c : c + w] = render_labels(merged, (r, c, h, w))
+            tiles[r : r + h, c : c + w] = render_labels(merged, (c, r, c + w, r + h))
     np.testing.assert_array_equal(tiles, full)
     assert set(np.unique(full)) == set(range(len(merged) + 1))
 
@@ -286,7 +290,7 @@ def test_prompted_seam_takes_each_pixel_from_the_nearer_chip():
     masks = masks_from_chip(left, m_left, [0.9], [0.9], prompt_ids=[7])
     masks += masks_from_chip(right, m_right, [0.9], [0.9], prompt_ids=[7])
     (merged,) = merge_prompted(masks, grid, prompt_order=[3, 7])
-    band = render_prompt_bands([merged], [3, 7], (0, 0, *shape))
+    band = render_prompt_bands([merged], [3, 7], whole(shape))
     assert band.shape == (2, 256, 384) and not band[0].any()
     # cols < 192 (write boundary) come from the left chip, the rest from the right one
     expected = field_.copy()

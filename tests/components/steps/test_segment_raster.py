@@ -1,4 +1,4 @@
-"""Whole-scene runs: chips, cache, nodata, outputs (tiny model, generated rasters)."""
+"""Whole-scene runs through the steps: plan, segment, merge; cache, nodata, outputs."""
 
 import json
 
@@ -10,15 +10,21 @@ from affine import Affine
 pytest.importorskip("torch")
 gpd = pytest.importorskip("geopandas")
 
-from components.core.prompts import load_prompts  # noqa: E402
-from components.inference.automatic import AmgParams  # noqa: E402
-from components.inference.embeddings import EmbeddingCache  # noqa: E402
+from components.core.params import (  # noqa: E402
+    AmgParams,
+    ExecutionParams,
+    RadiometryParams,
+    SegmentationSettings,
+)
+from components.core.rendering import band_name  # noqa: E402
+from components.errors import InputError  # noqa: E402
 from components.inference.onnx_sam import SamModel  # noqa: E402
-from components.inference.shard import EncoderSettings, segment_scene  # noqa: E402
-from components.io.outputs import band_name, write_outputs  # noqa: E402
-from components.io.raster import open_scene, scene_fingerprint, scene_scaling  # noqa: E402
+from components.io.raster import open_scene  # noqa: E402
 from components.io.registry import read_manifest  # noqa: E402
-from components.workflow import segment_raster  # noqa: E402
+from components.steps.merge_masks import merge_scene  # noqa: E402
+from components.steps.plan_chips import SceneSource, plan_segmentation  # noqa: E402
+from components.steps.segment import segment_shard  # noqa: E402
+from components.steps.segment_raster import segment_raster  # noqa: E402
 
 TRANSFORM = Affine(10.0, 0.0, 360_000.0, 0.0, -10.0, 5_350_000.0)
 CRS = "EPSG:32633"
@@ -77,53 +83,67 @@ def scene(tmp_path):
     return open_scene(write_scene(tmp_path / "scene.tif"))
 
 
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("S2SAM_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def settings(mode, **kwargs):
+    execution = ExecutionParams(chip_shards=1, encoder_batch_size=2)
+    return SegmentationSettings(mode, execution=execution, **kwargs)
+
+
+def run_steps(model, path, mode, prompts="", **kwargs):
+    """plan -> segment (one shard) -> the shard's plan and result, as segment_raster runs them."""
+    source = SceneSource("scene", path.parent, path.name)
+    (shard,) = plan_segmentation(
+        [source], settings(mode, **kwargs), prompts=prompts, chip_size=1024, model_uri="unused"
+    )
+    return shard, segment_shard(shard, path.parent, prompts, model=model)
+
+
 def test_scene_band_choice_and_baseline(scene):
     assert scene.bands == (1, 2, 3) and scene.band_names == ("B04", "B03", "B02")
     assert scene.processing_baseline == "05.10" and scene.nodata == 0
 
 
-def test_prompted_scene_encodes_only_chips_with_prompts_then_uses_the_cache(model, scene, tmp_path):
-    scaling = scene_scaling(scene)
-    cache = EmbeddingCache(tmp_path / "cache")
-    encoder = EncoderSettings(batch_size=2, cache=cache, scene_sha256=scene_fingerprint(scene.path))
+def test_prompted_scene_encodes_only_chips_with_prompts_then_uses_the_cache(model, scene):
     # grid over 1100 x 1700 at 1024 px: rows start at 0 and 76, columns at 0, 338, 676:
     # both prompts lie in the top-left chip only
-    prompts = load_prompts(
-        prompts_at([(100, 50), (300, 60)]), scene.crs, scene.transform, 1100, 1700
-    )
-    first = segment_scene(model, scene, scaling, "prompted", prompts=prompts, encoder=encoder)
-    assert first.stats.chips_total == 6
+    shard, first = run_steps(model, scene.path, "prompted", prompts_at([(100, 50), (300, 60)]))
+    (planned,) = shard.scenes
+    assert planned.chips == (0,)  # 1 of the grid's 6 chips is planned
     assert first.stats.encoder_images == first.stats.chips_segmented == 1
-    assert first.stats.chips_without_prompts == 5
-    assert [m.prompt_id for m in first.masks] == ["p0", "p1"]
+    assert [m.prompt_id for m in first.masks["scene"]] == ["p0", "p1"]
 
     # new prompts on the same scene: no encoder work at all
-    again = load_prompts(prompts_at([(200, 20), (150, 70)]), scene.crs, scene.transform, 1100, 1700)
-    second = segment_scene(model, scene, scaling, "prompted", prompts=again, encoder=encoder)
+    _, second = run_steps(model, scene.path, "prompted", prompts_at([(200, 20), (150, 70)]))
     assert second.stats.encoder_images == 0 and second.stats.encoder_calls == 0
     assert second.stats.cache_hits >= 1
-    assert {m.prompt_id for m in second.masks} <= {"p0", "p1"}
+    assert {m.prompt_id for m in second.masks["scene"]} <= {"p0", "p1"}
 
 
 def test_automatic_scene_skips_nodata_chips_and_survives_empty_ones(model, scene, tmp_path):
-    scaling = scene_scaling(scene)
     params = AmgParams(points_per_side=4)  # default thresholds: random weights give no masks
-    result = segment_scene(model, scene, scaling, "automatic", amg_params=params)
+    shard, result = run_steps(model, scene.path, "automatic", amg=params)
     assert result.stats.chips_total == 6
     assert result.stats.chips_nodata == 2  # the two right-hand chips hold only nodata
     assert result.stats.chips_segmented == 4
-    assert result.masks == []  # nothing survived: an empty result, not an error
-    files = write_outputs(result, scene, scaling, model.lineage, tmp_path / "out")
-    with rasterio.open(files.segmentation) as src:
+    assert result.masks.get("scene", []) == []  # nothing survived: empty, not an error
+    merged = merge_scene(
+        shard.scenes[0], [], shard.settings, root=scene.path.parent, prompts="",
+        chip_size=1024, lineage=model.lineage, output_dir=tmp_path / "out",
+    )  # fmt: skip
+    with rasterio.open(merged.files.segmentation) as src:
         assert src.read(1).max() == 0
-    assert len(gpd.read_parquet(files.polygons)) == 0
+    assert len(gpd.read_parquet(merged.files.polygons)) == 0
 
 
 def test_outputs_are_georeferenced_like_the_scene(model, scene, tmp_path):
     out = segment_raster(
         scene.path,
         tmp_path / "out",
-        "prompted",
+        SegmentationSettings("prompted"),
         prompts=prompts_at([(100, 100), (600, 900)]),
         model_uri=str(model_dir(model)),
     )
@@ -143,18 +163,21 @@ def test_outputs_are_georeferenced_like_the_scene(model, scene, tmp_path):
     assert (polygons["area_m2"] == polygons["pixel_count"] * 100).all()
     summary = json.loads(out.files.summary.read_text())
     assert summary["masks"] == 2 and summary["model"]["model_type"] == "vit_tiny"
+    assert summary["stats"]["chips_without_prompts"] == 2  # of 6: never read nor encoded
     assert out.files.quicklook.stat().st_size > 1000
 
 
 def test_a_failed_write_leaves_no_partial_outputs(model, scene, tmp_path):
-    scaling = scene_scaling(scene)
-    prompts = load_prompts(prompts_at([(100, 100)]), scene.crs, scene.transform, 1100, 1700)
-    result = segment_scene(model, scene, scaling, "prompted", prompts=prompts)
-    scene.path.unlink()  # the quick-look re-reads the scene: make that step fail
+    shard, result = run_steps(model, scene.path, "prompted", prompts_at([(100, 100)]))
+    scene.path.unlink()  # merging re-reads the scene: make that step fail
     out = tmp_path / "out"
-    with pytest.raises(rasterio.RasterioIOError):
-        write_outputs(result, scene, scaling, model.lineage, out)
-    assert list(out.iterdir()) == []
+    with pytest.raises(InputError, match="does not exist"):
+        merge_scene(
+            shard.scenes[0], result.masks["scene"], shard.settings, root=scene.path.parent,
+            prompts=prompts_at([(100, 100)]), chip_size=1024, lineage=model.lineage,
+            output_dir=out,
+        )  # fmt: skip
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def model_dir(model):
@@ -162,20 +185,20 @@ def model_dir(model):
 
 
 def test_bad_inputs_fail_before_heavy_work(scene, tmp_path, tiny_export):
-    with pytest.raises(ValueError, match="does not exist"):
-        segment_raster(tmp_path / "nope.tif", tmp_path / "o", "automatic")
-    with pytest.raises(ValueError, match="needs prompts"):
-        segment_raster(scene.path, tmp_path / "o", "prompted", model_uri=str(tiny_export))
-    with pytest.raises(ValueError, match="band 'B08' not found"):
+    auto, prompted = SegmentationSettings("automatic"), SegmentationSettings("prompted")
+    with pytest.raises(InputError, match="does not exist"):
+        segment_raster(tmp_path / "nope.tif", tmp_path / "o", auto)
+    with pytest.raises(InputError, match="needs prompts"):
+        segment_raster(scene.path, tmp_path / "o", prompted, model_uri=str(tiny_export))
+    with pytest.raises(InputError, match="band 'B08' not found"):
+        radiometry = RadiometryParams(band_names=("B08", "B03", "B02"))
         segment_raster(
-            scene.path, tmp_path / "o", "automatic", model_uri=str(tiny_export),
-            radiometry=__import__("components.workflow", fromlist=["x"]).RadiometryParams(
-                band_names=("B08", "B03", "B02")
-            ),
+            scene.path, tmp_path / "o", SegmentationSettings("automatic", radiometry=radiometry),
+            model_uri=str(tiny_export),
         )  # fmt: skip
-    with pytest.raises(ValueError, match="no usable prompt"):
+    with pytest.raises(InputError, match="no usable prompt"):
         segment_raster(
-            scene.path, tmp_path / "o", "prompted", model_uri=str(tiny_export),
+            scene.path, tmp_path / "o", prompted, model_uri=str(tiny_export),
             prompts=prompts_at([(5000, 5000)]),
         )  # fmt: skip
     assert not (tmp_path / "o").exists()

@@ -1,33 +1,12 @@
 import numpy as np
 import pytest
 
-from components.inference.onnx_sam import (
-    PAD_RGB,
-    SamModel,
-    choose_providers,
-    pad_chip,
-    preprocess_shape,
-    prompt_arrays,
-    resize_bilinear,
-)
+from components.core.radiometry import PAD_RGB
+from components.inference.model import pad_chip, preprocess_shape, prompt_arrays
+from components.inference.onnx_sam import SamModel, choose_providers
 from components.io.registry import read_manifest
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.mark.parametrize(
-    "shape_in,shape_out",
-    [((256, 256), (1024, 1024)), ((1024, 1024), (512, 512)), ((256, 256), (1024, 1018)),
-     ((1024, 1018), (700, 512)), ((7, 5), (3, 11)), ((64, 64), (64, 64))],
-)  # fmt: skip
-def test_resize_bilinear_equals_torch(shape_in, shape_out):
-    x = np.random.default_rng(0).normal(0, 5, (3, 2, *shape_in)).astype(np.float32)
-    ref = torch.nn.functional.interpolate(
-        torch.from_numpy(x), shape_out, mode="bilinear", align_corners=False
-    ).numpy()
-    ours = resize_bilinear(x, *shape_out)
-    assert ours.shape == ref.shape and ours.dtype == np.float32
-    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-5)
 
 
 def test_preprocess_shape_is_sams_rule():

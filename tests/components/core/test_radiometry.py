@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,11 +309,9 @@ def test_rgb_scaling_rejects_empty_range() -> None:
 # --- real scene -------------------------------------------------------------------
 
 
-def test_real_scene_stretch_uses_the_range_and_none_is_dark(shared_data: Path) -> None:
+def test_real_scene_stretch_uses_the_range_and_none_is_dark(shared_file) -> None:
     rasterio = pytest.importorskip("rasterio")
-    path = shared_data / SAMPLE
-    if not path.exists():
-        pytest.skip(f"sample scene {path} absent from the shared data folder")
+    path = shared_file(SAMPLE)
     with rasterio.open(path) as src:
         dn = src.read([1, 2, 3])  # B04, B03, B02 of the first date (2021: baseline < 04.00)
     # Scene-level percentiles from a decimated read, as the pipeline does with an overview.

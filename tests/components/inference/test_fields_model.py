@@ -23,12 +23,17 @@ gpd = pytest.importorskip("geopandas")
 from segment_anything import SamPredictor  # noqa: E402
 
 from components.core.merge import mask_iou, overlapping_pairs, touches_inner_edge  # noqa: E402
+from components.core.params import (  # noqa: E402
+    AmgParams,
+    PromptParams,
+    SegmentationSettings,
+)
 from components.core.prompts import PromptGroup  # noqa: E402
-from components.inference.automatic import AmgParams, ChipMasks, generate_chip_masks  # noqa: E402
+from components.inference.automatic import ChipMasks, generate_chip_masks  # noqa: E402
 from components.inference.onnx_sam import SamModel  # noqa: E402
-from components.inference.prompted import PromptParams, segment_groups  # noqa: E402
+from components.inference.prompted import segment_groups  # noqa: E402
 from components.io.registry import read_manifest  # noqa: E402
-from components.workflow import segment_raster  # noqa: E402
+from components.steps.segment_raster import segment_raster  # noqa: E402
 from tests.data.fields.data import ORIGIN, Scene, make_scene, write_s2_geotiff  # noqa: E402
 from tests.data.fields.model import HELD_OUT_SEEDS, load_model  # noqa: E402
 from tests.fixtures.sam_reference import assert_same_masks, reference_amg  # noqa: E402
@@ -257,10 +262,8 @@ def seam_run(fields_export, tmp_path_factory):
     scene = make_scene(HELD_OUT_SEEDS[1], 1800, 2300, origin=(ORIGIN[0] + 7_770, ORIGIN[1] - 3_230))
     tmp = tmp_path_factory.mktemp("seams")
     raster = write_s2_geotiff(scene, tmp / "s2.tif")
-    result = segment_raster(
-        raster, tmp / "out", "automatic", model_uri=str(fields_export), amg_params=AMG,
-        spatial_overlap=0.25,
-    )  # fmt: skip
+    settings = SegmentationSettings("automatic", spatial_overlap=0.25, amg=AMG)
+    result = segment_raster(raster, tmp / "out", settings, model_uri=str(fields_export))
     return scene, result
 
 
@@ -300,8 +303,8 @@ def test_parcels_across_seams_come_out_whole_and_once(seam_run):
     chip's complete mask, or fragments stitched across the seam), and the masks that
     match it overlap no more than the NMS threshold allows: it is not found twice."""
     scene, result = seam_run
-    masks = result.segmentation.masks
-    grid = result.segmentation.grid
+    masks = result.masks
+    grid = result.grid
     assert grid.shape == (3, 3)  # 1800 x 2300 px at overlap >= 0.25: 3 x 3 chips
     seams = [("col", s) for s in grid.col_boundaries[1:-1]]
     seams += [("row", s) for s in grid.row_boundaries[1:-1]]
@@ -340,7 +343,7 @@ def test_no_cut_copy_survives_beside_a_whole_mask(seam_run):
     explains it; only pieces of objects no chip saw whole may remain (stitched or not).
     Checked in the scene frame of a scene that is not at the default origin."""
     scene, result = seam_run
-    masks, grid = result.segmentation.masks, result.segmentation.grid
+    masks, grid = result.masks, result.grid
     cut = [touches_inner_edge(m.box, grid[m.chip_index], grid, 4) for m in masks]
     assert any(cut) and not all(cut)
     for i, j in overlapping_pairs([m.box for m in masks]).tolist():
@@ -384,7 +387,7 @@ def test_prompted_run_marks_the_clicked_parcels(fields_export, tmp_path):
         "crs": {"type": "name", "properties": {"name": scene.crs}},
     }
     result = segment_raster(
-        raster, tmp_path / "out", "prompted", prompts=json.dumps(prompts),
+        raster, tmp_path / "out", SegmentationSettings("prompted"), prompts=json.dumps(prompts),
         model_uri=str(fields_export),
     )  # fmt: skip
     with rasterio.open(result.files.segmentation) as src:

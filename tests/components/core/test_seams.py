@@ -13,7 +13,8 @@ from affine import Affine
 from rasterio.features import rasterize
 
 from components.core.chips import chip_grid
-from components.core.merge import masks_from_chip, merge_automatic, render_labels
+from components.core.merge import masks_from_chip, merge_automatic
+from components.core.rendering import render_labels
 from components.core.vectorize import MaskAttributes, polygonize_labels
 
 CRS = "EPSG:32633"
@@ -71,7 +72,7 @@ def test_each_field_comes_back_once_in_the_right_place():
             )
 
     merged = merge_automatic(masks, grid)
-    labels = render_labels(merged, (0, 0, *SHAPE))
+    labels = render_labels(merged, (0, 0, SHAPE[1], SHAPE[0]))
     attrs = [
         MaskAttributes(k + 1, None, m.predicted_iou, m.stability_score)
         for k, m in enumerate(merged)

@@ -13,7 +13,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
 pytest.importorskip("cv2", reason="the reference's small-region removal needs OpenCV")
 
-from components.inference.automatic import AmgParams, generate_chip_masks  # noqa: E402
+from components.core.params import AmgParams  # noqa: E402
+from components.inference.automatic import generate_chip_masks  # noqa: E402
 from components.inference.onnx_sam import SamModel  # noqa: E402
 from components.io.registry import read_manifest  # noqa: E402
 from model_export.architectures import ARCHITECTURES  # noqa: E402

@@ -1,0 +1,43 @@
+"""Pixel boxes: the one window type of the core, in scene (or chip) pixel coordinates.
+
+A :data:`Box` is half-open, ``(x0, y0, x1, y1)``: columns ``[x0, x1)`` and rows
+``[y0, y1)``, the order of SAM's XYXY boxes and of shapely's bounds. Rasterio's
+``Window`` (column offset, row offset, width, height) is made from it only where a
+raster is read or written (:func:`components.io.raster`, :mod:`components.io.outputs`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+Box = tuple[int, int, int, int]
+"""Half-open pixel box ``(x0, y0, x1, y1)``: columns ``[x0, x1)``, rows ``[y0, y1)``."""
+
+
+def mask_box(mask: NDArray[np.bool_]) -> Box | None:
+    """Tight half-open box of a 2-D mask, ``None`` when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+def intersect_boxes(a: Box, b: Box) -> Box | None:
+    """Intersection of two half-open boxes, ``None`` when they share no pixel."""
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return (x0, y0, x1, y1)
+
+
+def union_box(a: Box, b: Box) -> Box:
+    """Smallest box holding both boxes."""
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
+def box_shape(box: Box) -> tuple[int, int]:
+    """``(height, width)`` of a box: the shape of an array that covers it."""
+    return box[3] - box[1], box[2] - box[0]

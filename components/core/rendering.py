@@ -1,0 +1,195 @@
+"""The output raster's layout: how merged masks become bands, polygons and a quick-look.
+
+Two layouts, one per mode, behind the same small interface (:class:`RasterLayout`),
+so the writers in :mod:`components.io.outputs` never ask which mode made the masks:
+
+* :class:`InstanceLabels` (automatic mode): one uint32 band of instance ids. Mask
+  ``k`` of the merged list gets id ``k + 1`` (0 = background); where masks overlap the
+  smaller mask wins the pixel, so a field inside a larger region stays visible instead
+  of vanishing under it. Polygons are the *visible* part of each instance.
+* :class:`PromptBands` (prompted mode): one uint8 0/1 band per ``prompt_id``, in the
+  prompts' order (FarmVibes' ``mask_prompt_<id>`` bands); masks may overlap. Polygons
+  are each prompt's whole mask.
+
+Rasters are rendered per region (:func:`render_labels`, :func:`render_prompt_bands`),
+so a whole tile never needs one full-size array per mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from affine import Affine
+from numpy.typing import NDArray
+
+from components.core.geometry import Box, box_shape, intersect_boxes
+from components.core.merge import PromptId, SceneMask, crop
+from components.core.vectorize import (
+    MaskAttributes,
+    SegmentPolygon,
+    polygonize_labels,
+    polygonize_masks,
+)
+
+
+def render_labels(masks: Sequence[SceneMask], region: Box) -> NDArray[np.uint32]:
+    """Instance label raster of ``region``: id ``k + 1`` for ``masks[k]``, 0 elsewhere.
+
+    Larger masks are painted first, so the smallest mask wins an overlapping pixel.
+    """
+    out = np.zeros(box_shape(region), dtype=np.uint32)
+    for k in sorted(range(len(masks)), key=lambda k: (-masks[k].area, k)):
+        if intersect_boxes(masks[k].box, region) is not None:
+            out[crop(masks[k], region)] = k + 1
+    return out
+
+
+def render_prompt_bands(
+    masks: Iterable[SceneMask], prompt_order: Sequence[PromptId], region: Box
+) -> NDArray[np.uint8]:
+    """One uint8 0/1 band per prompt_id (in ``prompt_order``) over ``region``."""
+    band_of = {pid: b for b, pid in enumerate(prompt_order)}
+    out = np.zeros((len(prompt_order), *box_shape(region)), dtype=np.uint8)
+    for m in masks:
+        if m.prompt_id not in band_of:
+            raise ValueError(f"mask for prompt_id {m.prompt_id!r} not in prompt_order")
+        if intersect_boxes(m.box, region) is not None:
+            out[band_of[m.prompt_id]] |= crop(m, region).astype(np.uint8)
+    return out
+
+
+def band_name(prompt_id: PromptId) -> str:
+    """Output band name of a prompt: ``mask_prompt_<id>`` (FarmVibes' naming)."""
+    return f"mask_prompt_{prompt_id}"
+
+
+class RasterLayout(Protocol):
+    """How one scene's merged masks are written: bands, polygons, quick-look colours."""
+
+    @property
+    def masks(self) -> Sequence[SceneMask]:
+        """The merged masks, in instance id order (id ``k + 1`` for ``masks[k]``)."""
+        ...
+
+    @property
+    def count(self) -> int:
+        """Bands of the output raster."""
+        ...
+
+    @property
+    def dtype(self) -> str:
+        """Data type of the output raster."""
+        ...
+
+    def render(self, region: Box) -> NDArray[Any]:
+        """The ``(count, h, w)`` block of the output raster over ``region``."""
+        ...
+
+    def band_tags(self) -> list[tuple[str, dict[str, str]]]:
+        """Each band's description and tags, in band order."""
+        ...
+
+    def polygons(
+        self, transform: Affine, crs: object, read_band: Callable[[], NDArray[Any]]
+    ) -> list[SegmentPolygon]:
+        """One polygon record per instance; ``read_band`` reads back the written band 1."""
+        ...
+
+    def quicklook_labels(self, bands: NDArray[Any]) -> NDArray[np.int64]:
+        """Colour classes (0 = none) from a decimated read of the written bands."""
+        ...
+
+    @property
+    def prompt_order(self) -> tuple[PromptId, ...]:
+        """The prompts in band order (empty without prompts)."""
+        ...
+
+
+@dataclass(frozen=True)
+class InstanceLabels:
+    """Automatic mode: one uint32 band of instance ids, the smaller mask on top."""
+
+    masks: Sequence[SceneMask]
+    count: int = 1
+    dtype: str = "uint32"
+
+    def render(self, region: Box) -> NDArray[np.uint32]:
+        """The label block over ``region``, with a leading band axis."""
+        return render_labels(self.masks, region)[None]
+
+    def band_tags(self) -> list[tuple[str, dict[str, str]]]:
+        """One band: ``instance_id``."""
+        return [("instance_id", {})]
+
+    def polygons(
+        self, transform: Affine, crs: object, read_band: Callable[[], NDArray[Any]]
+    ) -> list[SegmentPolygon]:
+        """The visible part of each instance, from the written label band."""
+        attrs = [
+            MaskAttributes(k + 1, None, m.predicted_iou, m.stability_score)
+            for k, m in enumerate(self.masks)
+        ]
+        return polygonize_labels(read_band(), transform, crs, attrs)
+
+    def quicklook_labels(self, bands: NDArray[Any]) -> NDArray[np.int64]:
+        """Instance ids are the colour classes."""
+        return np.asarray(bands[0], dtype=np.int64)
+
+    @property
+    def prompt_order(self) -> tuple[PromptId, ...]:
+        """No prompts in automatic mode."""
+        return ()
+
+
+@dataclass(frozen=True)
+class PromptBands:
+    """Prompted mode: one uint8 0/1 band per ``prompt_id``, masks may overlap."""
+
+    masks: Sequence[SceneMask]
+    order: tuple[PromptId, ...]
+
+    @property
+    def count(self) -> int:
+        """One band per prompt (one empty band when there is none)."""
+        return max(1, len(self.order))
+
+    @property
+    def dtype(self) -> str:
+        """0/1 values."""
+        return "uint8"
+
+    def render(self, region: Box) -> NDArray[np.uint8]:
+        """Every prompt's band over ``region``."""
+        if not self.order:
+            return np.zeros((1, *box_shape(region)), np.uint8)
+        return render_prompt_bands(self.masks, self.order, region)
+
+    def band_tags(self) -> list[tuple[str, dict[str, str]]]:
+        """``mask_prompt_<id>`` with a ``prompt_id`` tag per band."""
+        return [(band_name(pid), {"prompt_id": str(pid)}) for pid in self.order]
+
+    def polygons(
+        self, transform: Affine, crs: object, read_band: Callable[[], NDArray[Any]]
+    ) -> list[SegmentPolygon]:
+        """Each prompt's whole mask (prompts may overlap, so not from one band)."""
+        out: list[SegmentPolygon] = []
+        for k, m in enumerate(self.masks):
+            attrs = MaskAttributes(k + 1, m.prompt_id, m.predicted_iou, m.stability_score)
+            at_box = transform @ Affine.translation(m.box[0], m.box[1])
+            out += polygonize_masks(m.mask[None], at_box, crs, [attrs])
+        return out
+
+    def quicklook_labels(self, bands: NDArray[Any]) -> NDArray[np.int64]:
+        """Each prompt's band in its own colour: the band number where it is set."""
+        labels = np.zeros(bands.shape[1:], np.int64)
+        for b in range(bands.shape[0]):
+            labels[bands[b] > 0] = b + 1
+        return labels
+
+    @property
+    def prompt_order(self) -> tuple[PromptId, ...]:
+        """The prompts in band order."""
+        return self.order

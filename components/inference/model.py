@@ -1,0 +1,149 @@
+"""The model interface every family and backend implements, and how a model is loaded.
+
+Everything above this module (prompted and automatic segmentation, the embedding
+cache, the pipeline steps) talks to a :class:`SegmentationModel`: encode chips into
+embeddings, decode prompt sets against one embedding, upsample low-resolution logits.
+Each model family (SAM today) and each backend (ONNX Runtime today) is one
+implementation, chosen once by :func:`load_model` from the model's manifest; nothing
+above tests which one it got.
+
+Coordinates: prompts arrive in *continuous* chip pixels (pixel ``c`` spans
+``[c, c + 1)``); SAM reads pixel *indices* and adds 0.5 itself, so points are shifted
+by -0.5 in :func:`prompt_arrays`, and a box's corners become the indices of its
+extreme pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from components.core.radiometry import PAD_RGB
+from components.errors import InputError
+
+if TYPE_CHECKING:
+    from components.io.registry import ResolvedModel
+
+NUM_MASKS = 4
+"""Decoder outputs per prompt set: index 0 single-mask, 1-3 multimask."""
+
+
+@dataclass
+class DecoderOutput:
+    """Decoder results for ``P`` prompt sets (4 masks each: single, then multimask)."""
+
+    iou_predictions: NDArray[np.float32]
+    """``(P, 4)``"""
+    low_res_logits: NDArray[np.float32]
+    """``(P, 4, L, L)``"""
+    masks: NDArray[np.float32] | None = None
+    """``(P, 4, S, S)`` chip-resolution logits, when asked for."""
+
+
+class SegmentationModel(Protocol):
+    """An exported promptable segmentation model, loaded and ready to run.
+
+    Counters (``encoder_calls``, ``encoded_images``, ``decoder_calls``) let callers
+    and tests see how much work was done (e.g. that a cache hit encoded nothing).
+    """
+
+    image_size: int
+    """Side of the square encoder input, in pixels: the chip size."""
+    encoder_sha256: str
+    """Digest of the encoder graph in use: part of every embedding cache key."""
+    provider: str
+    """Where it runs (e.g. ``CPUExecutionProvider``), for summaries."""
+    lineage: dict[str, Any]
+    """What every output records about the model (registered name, version, ...)."""
+    default_batch_size: int
+    """Chips per encoder call that suit the device."""
+    encoder_calls: int
+    encoded_images: int
+    decoder_calls: int
+
+    def encode(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """Embed a batch of uint8 chips ``(B, 3, S, S)``."""
+        ...
+
+    def decode(
+        self,
+        embedding: NDArray[np.float32],
+        coords: NDArray[np.float32],
+        labels: NDArray[np.float32],
+        mask_input: NDArray[np.float32] | None = None,
+        full_resolution: bool = False,
+    ) -> DecoderOutput:
+        """Decode ``P`` prompt sets of ``N`` points (:func:`prompt_arrays`) on one embedding."""
+        ...
+
+    def upscale(
+        self,
+        low_res: NDArray[np.float32],
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> NDArray[np.float32]:
+        """Low-res logits -> logits at ``original_size``, as the model's own postprocessing."""
+        ...
+
+
+def load_model(
+    resolved: ResolvedModel, providers: Sequence[str] | None = None
+) -> SegmentationModel:
+    """The implementation that runs ``resolved`` (verified files) on this machine.
+
+    Raises:
+        InputError: A model family this version of the package cannot run.
+    """
+    family = str(resolved.manifest.get("family", "sam"))
+    if family == "sam":
+        from components.inference.onnx_sam import SamModel
+
+        return SamModel.from_resolved(resolved, providers=providers)
+    raise InputError(
+        f"model {resolved.name} version {resolved.version} is a {family!r} model; this "
+        "version of s2-sam-pipelines runs SAM models only"
+    )
+
+
+def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """Size of an image resized so its longest side is ``long_side`` (SAM's rule)."""
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def pad_chip(rgb: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
+    """``(h, w, 3)`` -> ``(3, size, size)`` encoder input, padded with :data:`PAD_RGB`."""
+    h, w = rgb.shape[:2]
+    if h > size or w > size:
+        raise ValueError(f"image {h} x {w} is larger than the {size} px encoder input")
+    out = np.empty((3, size, size), dtype=np.uint8)
+    out[:] = np.asarray(PAD_RGB, dtype=np.uint8)[:, None, None]
+    out[:, :h, :w] = rgb.transpose(2, 0, 1)
+    return out
+
+
+def prompt_arrays(
+    points: NDArray[np.floating],
+    labels: NDArray[np.integer],
+    box: tuple[float, float, float, float] | None,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """One prompt set in SAM's ONNX form: ``(N, 2)`` index coordinates, ``(N,)`` labels.
+
+    Points (continuous chip pixels) shift by -0.5 to SAM's pixel indices; a box
+    ``[x0, x1)`` becomes corners ``(x0, y0)``, ``(x1 - 1, y1 - 1)`` with labels 2, 3;
+    without a box, SAM's padding point (label -1) is appended, as its predictor does.
+    """
+    coords = np.asarray(points, dtype=np.float64).reshape(-1, 2) - 0.5
+    lab = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        coords = np.vstack([coords, [[x0, y0], [x1 - 1.0, y1 - 1.0]]])
+        lab = np.concatenate([lab, [2.0, 3.0]])
+    else:
+        coords = np.vstack([coords, [[0.0, 0.0]]])
+        lab = np.concatenate([lab, [-1.0]])
+    return coords.astype(np.float32), lab.astype(np.float32)

@@ -1,0 +1,253 @@
+"""The ingest's outputs: one COG per acquisition over the area, and the manifest listing them.
+
+Each COG is written through a tiled temporary GeoTIFF (one strip of every band in
+memory at a time), converted to a COG beside it and renamed into place; the manifest
+(the search, the grid, each scene written and each one screened) is written last, so
+a folder with a manifest holds complete scenes. :func:`read_manifest` is how the
+segmentation steps find the scenes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from components.core.area import Grid
+from components.core.radiometry import NODATA_DN, boa_add_offset, parse_baseline
+from components.core.scene_choice import BAND_RESOLUTION, Candidate, common_offset
+from components.errors import InputError
+from components.io.mosaic import GDAL_CACHE_MB, STRIP_ROWS, MosaicReader, check_assets
+from components.version import __version__
+
+if TYPE_CHECKING:
+    from components.io.ingest import IngestParams
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SceneRecord:
+    """One written scene: a COG of one acquisition over the area."""
+
+    path: Path
+    key: str
+    datetime: datetime
+    item_ids: tuple[str, ...]
+    tiles: tuple[str, ...]
+    processing_baseline: str
+    """The baseline whose offset convention the DNs follow (the newest in the mosaic)."""
+    boa_add_offset: int
+    cloud_fraction: float
+    nodata_fraction: float
+
+
+COG_OPTIONS = {
+    "compress": "DEFLATE",
+    "predictor": "2",
+    "level": "6",
+    "blocksize": "512",
+    "overviews": "AUTO",
+    "overview_resampling": "AVERAGE",
+    "bigtiff": "IF_SAFER",
+    "num_threads": "ALL_CPUS",
+}
+"""Output COG: DEFLATE with horizontal differencing (any GDAL reads it), 512 px tiles,
+averaged overviews down to one tile."""
+
+
+def write_scene(
+    path: Path, candidate: Candidate, grid: Grid, params: IngestParams, step: Callable[[], None]
+) -> SceneRecord:
+    """Read one acquisition's bands onto ``grid`` and write them as a COG at ``path``.
+
+    Bands are read strip by strip into a tiled, pixel-interleaved temporary GeoTIFF
+    (memory stays at one strip of every band whatever the area), converted to a COG
+    beside it and renamed into place; on any failure both temporary files are removed
+    and ``path`` is untouched.
+    """
+    tiles = candidate.cover.tiles
+    check_assets(tiles, params.search.bands)
+    baselines = [t.processing_baseline for t in tiles]
+    offset = common_offset(baselines)
+    newest = max(baselines, key=parse_baseline)
+    shifts = [(boa_add_offset(b), offset) for b in baselines]
+    acquisition = candidate.acquisition
+    tags = {
+        "datetime": acquisition.datetime.isoformat().replace("+00:00", "Z"),
+        "acquisition": acquisition.key,
+        "platform": acquisition.platform,
+        "relative_orbit": ""
+        if acquisition.relative_orbit is None
+        else str(acquisition.relative_orbit),
+        "item_ids": ",".join(t.id for t in tiles),
+        "tiles": ",".join(t.mgrs_tile for t in tiles),
+        "processing_baseline": newest,
+        "processing_baselines": ",".join(baselines),
+        "boa_add_offset": str(offset),
+        "reflectance": f"(DN + {offset}) / 10000; DN 0 is nodata",
+        "cloud_fraction": f"{candidate.sky.cloud_fraction:.6f}",
+        "nodata_fraction": f"{candidate.sky.nodata_fraction:.6f}",
+        "bands": ",".join(params.search.bands),
+        "collection": params.search.collection,
+        "generator": f"s2sam {__version__}",
+    }
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    cog = path.with_name(f".{path.name}.{os.getpid()}.cog")
+    profile = {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": len(params.search.bands),
+        "dtype": "uint16",
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "nodata": NODATA_DN,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "ZSTD",
+        "zstd_level": 1,
+        "predictor": 2,
+        "interleave": "pixel",
+        "bigtiff": "IF_SAFER",
+    }
+    try:
+        resampling = Resampling[params.search.resampling]
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+            dst = stack.enter_context(rasterio.open(part, "w", **profile))
+            mosaics = [
+                stack.enter_context(
+                    MosaicReader(tiles, band, grid, params.network, resampling, shifts)
+                )
+                for band in params.search.bands
+            ]
+            # All bands of a strip at once: each pixel-interleaved block is written once.
+            for row in range(0, grid.height, STRIP_ROWS):
+                height = min(STRIP_ROWS, grid.height - row)
+                strip = np.empty((len(params.search.bands), height, grid.width), dtype=np.uint16)
+                for k, mosaic in enumerate(mosaics):
+                    strip[k] = mosaic.read(row, height)
+                    step()
+                dst.write(strip, window=Window(0, row, grid.width, height))
+            for index, band in enumerate(params.search.bands, start=1):
+                dst.set_band_description(index, band)
+                dst.update_tags(index, band=band, native_resolution_m=str(BAND_RESOLUTION[band]))
+            dst.update_tags(**tags)
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            rasterio.shutil.copy(part, cog, driver="COG", **COG_OPTIONS)
+        os.replace(cog, path)
+    finally:
+        part.unlink(missing_ok=True)
+        cog.unlink(missing_ok=True)
+    logger.info(
+        "wrote %s (%d x %d px, %s)", path, grid.width, grid.height, ",".join(params.search.bands)
+    )
+    return SceneRecord(
+        path=path,
+        key=acquisition.key,
+        datetime=acquisition.datetime,
+        item_ids=tuple(t.id for t in tiles),
+        tiles=tuple(t.mgrs_tile for t in tiles),
+        processing_baseline=newest,
+        boa_add_offset=offset,
+        cloud_fraction=candidate.sky.cloud_fraction,
+        nodata_fraction=candidate.sky.nodata_fraction,
+    )
+
+
+def build_manifest(
+    params: IngestParams,
+    grid: Grid,
+    records: Sequence[SceneRecord],
+    candidates: Sequence[Candidate],
+    selected: set[int],
+) -> dict[str, Any]:
+    """The manifest: the search, the grid, each scene written and each one screened."""
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "generator": f"s2sam {__version__}",
+        "created": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "search": {
+            "stac_url": params.stac_url,
+            "collection": params.search.collection,
+            "bbox": list(params.area.bbox),
+            "datetime": params.time_range.to_stac(),
+            "max_cloud_cover": params.search.max_cloud_cover,
+        },
+        "selection": {
+            "strategy": params.search.strategy,
+            "max_scenes": params.search.max_scenes,
+            "max_roi_cloud_fraction": params.search.max_roi_cloud_fraction,
+            "max_roi_nodata_fraction": params.search.max_roi_nodata_fraction,
+        },
+        "area": {"geometry": params.area.to_geojson(), "area_km2": params.area.area_km2},
+        "grid": {
+            "crs": grid.crs,
+            "transform": list(grid.transform)[:6],
+            "width": grid.width,
+            "height": grid.height,
+            "resolution_m": grid.resolution,
+            "margin_m": params.search.margin_m,
+        },
+        "bands": list(params.search.bands),
+        "dtype": "uint16",
+        "nodata": NODATA_DN,
+        "scenes": [
+            {
+                "file": record.path.name,
+                "acquisition": record.key,
+                "datetime": record.datetime.isoformat().replace("+00:00", "Z"),
+                "item_ids": list(record.item_ids),
+                "tiles": list(record.tiles),
+                "processing_baseline": record.processing_baseline,
+                "boa_add_offset": record.boa_add_offset,
+                "cloud_fraction": record.cloud_fraction,
+                "nodata_fraction": record.nodata_fraction,
+            }
+            for record in records
+        ],
+        "screened": [
+            {
+                "acquisition": c.acquisition.key,
+                "datetime": c.acquisition.datetime.isoformat().replace("+00:00", "Z"),
+                "tiles": [t.mgrs_tile for t in c.cover.tiles],
+                "coverage": c.cover.coverage,
+                "cloud_fraction": c.sky.cloud_fraction,
+                "nodata_fraction": c.sky.nodata_fraction,
+                "selected": id(c) in selected,
+            }
+            for c in candidates
+        ],
+    }
+
+
+def read_manifest(scenes_dir: Path) -> list[dict[str, Any]]:
+    """The scenes an ingest wrote into ``scenes_dir``, as its manifest lists them.
+
+    Raises:
+        InputError: No manifest, or one that lists no scene.
+    """
+    manifest = Path(scenes_dir) / MANIFEST_NAME
+    if not manifest.is_file():
+        raise InputError(f"{scenes_dir} holds no ingest {MANIFEST_NAME}")
+    scenes: list[dict[str, Any]] = json.loads(manifest.read_text())["scenes"]
+    if not scenes:
+        raise InputError(f"{manifest} lists no scene")
+    return scenes
