@@ -87,7 +87,7 @@ def download_checkpoint(
     official: OfficialCheckpoint,
     cache_dir: Path,
     *,
-    timeout: float = 30.0,
+    timeout: float = NetworkOptions.timeout_s,
     retries: int = 5,
     progress: ProgressFn | None = _stderr_progress,
 ) -> Path:

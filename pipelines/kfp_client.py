@@ -53,7 +53,7 @@ class KfpNotFound(KfpError):
     """The KFP API answered 404."""
 
 
-DEFAULT_NETWORK = NetworkOptions(timeout_s=30.0, retries=3, backoff_s=0.3)
+DEFAULT_NETWORK = NetworkOptions(backoff_s=0.3)
 """A KFP API answers fast or not at all: short waits between the bounded retries."""
 RETRIED_STATUS = frozenset({502, 503, 504})
 """Answers of a gateway in front of the API that a retry of an idempotent call may pass."""

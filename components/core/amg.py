@@ -1,7 +1,9 @@
 """Automatic mask generation (AMG) math: SAM's ``utils/amg.py`` re-done in numpy.
 
 The pipeline runs SAM with ONNX Runtime, so the grid, crop, scoring, box, NMS and
-RLE steps of ``SamAutomaticMaskGenerator`` live here without torch. Each function
+small-region steps of ``SamAutomaticMaskGenerator`` live here without torch (masks
+stay boolean arrays: the merge encodes them once, with pycocotools, when shards hand
+them over). Each function
 returns what its segment_anything / torchvision counterpart returns on the same
 inputs (``tests/components/test_amg.py`` checks this against the installed
 reference), including the float32 arithmetic where results are compared against
@@ -30,11 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pycocotools import mask as mask_utils
 from scipy import ndimage
-
-Rle = dict[str, Any]
-"""Run-length encoding: ``{"size": [h, w], "counts": ...}``, column-major runs."""
 
 BoxLike = Sequence[int] | NDArray[np.integer[Any]]
 """One XYXY box with integer coordinates, e.g. a crop box."""
@@ -382,72 +380,6 @@ def is_box_near_crop_edge(
 
     near_crop_only: NDArray[np.bool_] = np.any(near(crop_box) & ~near(orig_box), axis=-1)
     return near_crop_only
-
-
-# --- run-length encoding --------------------------------------------------------------
-
-
-def mask_to_rle(masks: NDArray[np.bool_]) -> list[Rle]:
-    """Uncompressed column-major RLE of ``(N, H, W)`` masks, pycocotools' layout.
-
-    ``counts`` alternate background/foreground runs starting with background, so a
-    mask whose first pixel is set starts with a 0 run (as ``mask_to_rle_pytorch``).
-    """
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
-    _, h, w = masks.shape
-    out: list[Rle] = []
-    for mask in masks:
-        flat = (mask if mask.dtype == np.bool_ else mask != 0).T.ravel()
-        if flat.size == 0:
-            out.append({"size": [h, w], "counts": []})
-            continue
-        edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-        counts = np.diff(edges, prepend=0, append=flat.size).tolist()
-        out.append({"size": [h, w], "counts": [0, *counts] if flat[0] else counts})
-    return out
-
-
-def rle_to_mask(rle: Rle) -> NDArray[np.bool_]:
-    """Decode an uncompressed RLE to a C-ordered ``(H, W)`` boolean mask."""
-    h, w = (int(v) for v in rle["size"])
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    if counts.sum() != h * w:
-        raise ValueError(f"RLE counts sum to {counts.sum()}, not {h} x {w} = {h * w}")
-    runs = (np.arange(len(counts)) % 2).astype(bool)
-    return np.ascontiguousarray(np.repeat(runs, counts).reshape(w, h).T)
-
-
-def area_from_rle(rle: Rle) -> int:
-    """Foreground pixels of an uncompressed RLE."""
-    return int(sum(rle["counts"][1::2]))
-
-
-def coco_encode_rle(uncompressed_rle: Rle) -> Rle:
-    """Compress an uncompressed RLE to COCO's string form; ``counts`` is a JSON-safe str."""
-    h, w = uncompressed_rle["size"]
-    rle: Rle = mask_utils.frPyObjects(uncompressed_rle, h, w)
-    rle["counts"] = rle["counts"].decode("utf-8")
-    return rle
-
-
-def masks_to_coco_rle(masks: NDArray[np.bool_]) -> list[Rle]:
-    """COCO compressed RLEs of ``(N, H, W)`` masks straight from pycocotools' encoder.
-
-    Same result as ``coco_encode_rle(mask_to_rle(...))`` without Python-level runs.
-    """
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
-    encoded: list[Rle] = []
-    for mask in masks:
-        # pycocotools reads column-major uint8; one mask at a time keeps the copy small
-        # and cache-friendly (an (H, W, N) Fortran array of all masks is much slower).
-        rle: Rle = mask_utils.encode(np.asfortranarray(mask != 0, dtype=np.uint8))
-        rle["counts"] = rle["counts"].decode("utf-8")
-        encoded.append(rle)
-    return encoded
 
 
 # --- small-region clean-up ------------------------------------------------------------

@@ -35,6 +35,8 @@ from components.errors import InputError
 
 CHIP_SIZE = 1024
 """SAM's input size: chips are this many pixels on a side."""
+DEFAULT_SPATIAL_OVERLAP = 0.5
+"""FarmVibes' default minimum overlap between neighbouring chips."""
 
 
 def chip_step(size: int, spatial_overlap: float) -> int:
@@ -174,7 +176,10 @@ class ChipGrid:
 
 
 def chip_grid(
-    height: int, width: int, size: int = CHIP_SIZE, spatial_overlap: float = 0.5
+    height: int,
+    width: int,
+    size: int = CHIP_SIZE,
+    spatial_overlap: float = DEFAULT_SPATIAL_OVERLAP,
 ) -> ChipGrid:
     """Lay out the chip grid over a ``height`` x ``width`` pixel scene."""
     row_starts = axis_starts(height, size, spatial_overlap)

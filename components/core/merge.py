@@ -49,6 +49,9 @@ from components.core.geometry import Box, intersect_boxes, mask_box, union_box
 
 PromptId = int | str
 
+DEFAULT_MASK_NMS_THR = 0.5
+"""FarmVibes' default mask NMS threshold across chips."""
+
 
 @dataclass(frozen=True, eq=False)
 class SceneMask:
@@ -274,7 +277,7 @@ def _validate_threshold(name: str, value: float) -> None:
 def merge_automatic(
     masks: Sequence[SceneMask],
     grid: ChipGrid,
-    mask_nms_thr: float = 0.5,
+    mask_nms_thr: float = DEFAULT_MASK_NMS_THR,
     edge_tolerance: int = 4,
     seam_iou: float = 0.5,
 ) -> list[SceneMask]:

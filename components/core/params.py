@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from components.core.area import DEFAULT_MAX_AREA_KM2
-from components.core.chips import chip_step
+from components.core.chips import DEFAULT_SPATIAL_OVERLAP, chip_step
+from components.core.merge import DEFAULT_MASK_NMS_THR
 from components.core.radiometry import STRETCH_MODES, StretchMode
 from components.core.scene_choice import (
     DEFAULT_BANDS,
@@ -241,9 +242,11 @@ class SegmentationSettings:
 
     mode: Mode
     spatial_overlap: float = _doc(
-        0.5, "Minimum overlap between neighbouring 1024 px chips, in [0, 1)."
+        DEFAULT_SPATIAL_OVERLAP, "Minimum overlap between neighbouring 1024 px chips, in [0, 1)."
     )
-    mask_nms_thr: float = _doc(0.5, "Mask NMS threshold across chips, after the seam merge.")
+    mask_nms_thr: float = _doc(
+        DEFAULT_MASK_NMS_THR, "Mask NMS threshold across chips, after the seam merge."
+    )
     radiometry: RadiometryParams = RadiometryParams()
     amg: AmgParams = AmgParams()
     prompt: PromptParams = PromptParams()

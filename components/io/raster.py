@@ -20,11 +20,10 @@ from rasterio.windows import Window
 
 from components.core.chips import Chip
 from components.core.radiometry import PAD_RGB, RgbScaling, StretchMode, scene_rgb_scaling, to_rgb
+from components.core.scene_choice import DEFAULT_BANDS
 from components.errors import InputError
 from components.io.files import file_sha256
 
-RGB_BAND_NAMES = ("B04", "B03", "B02")
-"""Sentinel-2 red, green, blue: the default bands."""
 FARMVIBES_ALIASES = {
     "R": "B04",
     "G": "B03",
@@ -87,8 +86,8 @@ def select_bands(
         picked = tuple(int(i) for i in band_indexes)
     else:
         wanted = list(band_names) if band_names else None
-        if wanted is None and all(n in upper for n in RGB_BAND_NAMES):
-            wanted = list(RGB_BAND_NAMES)
+        if wanted is None and all(n in upper for n in DEFAULT_BANDS):
+            wanted = list(DEFAULT_BANDS)
         if wanted is None:
             if count == 3:
                 return (1, 2, 3), tuple(described[i] or f"band{i + 1}" for i in range(3))

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import InputError
+from components.io.network import NetworkOptions
+from pipelines.commands.options import add_field
 
 DEFAULT_EXPERIMENT = "s2sam"
 
@@ -140,12 +142,8 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("KF_PIPELINES_UI_ENDPOINT"),
         help="KFP UI URL for links (default: --host)",
     )
-    group.add_argument(
-        "--timeout", type=float, default=30.0, metavar="S", help="per request (default 30)"
-    )
-    group.add_argument(
-        "--retries", type=int, default=3, metavar="N", help="per request, on network errors"
-    )
+    add_field(group, NetworkOptions, "timeout_s", "--timeout", metavar="S")
+    add_field(group, NetworkOptions, "retries", metavar="N")
 
 
 def _pipeline_options(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +183,7 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
 
     if not args.host:
         raise InputError("--host is required (or set $KF_PIPELINES_ENDPOINT)")
-    if args.timeout <= 0 or args.retries < 0:
+    if args.timeout_s <= 0 or args.retries < 0:
         raise InputError("--timeout must be > 0 and --retries >= 0")
     token = resolve_token(args.token_file, args.kube_context)
     client = KfpClient(
@@ -193,7 +191,7 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
         token,
         ui_host=args.ui_host,
         namespace=args.namespace,
-        network=replace(DEFAULT_NETWORK, timeout_s=args.timeout, retries=args.retries),
+        network=replace(DEFAULT_NETWORK, timeout_s=args.timeout_s, retries=args.retries),
     )
     try:
         yield client

@@ -1,12 +1,9 @@
 """Parity of components.core.amg with the installed segment_anything / torchvision reference."""
 
-import json
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pycocotools import mask as mask_utils
 
 from components.core import amg
 
@@ -432,49 +429,7 @@ def test_uncrop_masks_rejects_mismatched_crops():
         amg.uncrop_masks(np.zeros((1, 5, 5), bool), [8, 0, 13, 5], 10, 10)
 
 
-# --- run-length encoding -----------------------------------------------------------------------
-
-
-def assert_rle_parity(masks):
-    rles = amg.mask_to_rle(masks)
-    assert rles == ref.mask_to_rle_pytorch(t(masks))
-    coco = amg.masks_to_coco_rle(masks)
-    assert len(coco) == len(rles) == len(masks)
-    for mask, rle, compressed in zip(masks, rles, coco, strict=True):
-        decoded = amg.rle_to_mask(rle)
-        assert_same(decoded, ref.rle_to_mask(rle))
-        np.testing.assert_array_equal(decoded, mask)
-        assert decoded.flags.c_contiguous
-        assert amg.area_from_rle(rle) == ref.area_from_rle(rle) == int(mask.sum())
-        assert amg.coco_encode_rle(rle) == ref.coco_encode_rle(rle) == compressed
-        json.dumps(compressed)
-        np.testing.assert_array_equal(mask_utils.decode(compressed), mask.astype(np.uint8))
-        assert mask_utils.area(compressed) == mask.sum()
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("shape", [(4, 32, 32), (2, 600, 1024), (3, 1, 50), (3, 50, 1), (5, 1, 1)])
-def test_rle(seed, shape):
-    assert_rle_parity(random_masks(np.random.default_rng(seed), shape))
-
-
-@pytest.mark.parametrize("hw", [(16, 16), (60, 102), (3, 5)])
-def test_rle_edge_cases(hw):
-    masks = edge_case_masks(*hw)
-    assert_rle_parity(masks)
-    rles = amg.mask_to_rle(masks)
-    assert rles[0]["counts"] == [hw[0] * hw[1]]  # empty: one background run
-    assert rles[1]["counts"] == [0, hw[0] * hw[1]]  # full: empty background run first
-
-
-def test_rle_without_masks():
-    assert amg.mask_to_rle(np.zeros((0, 4, 4), bool)) == []
-    assert amg.masks_to_coco_rle(np.zeros((0, 4, 4), bool)) == []
-
-
-def test_rle_rejects_bad_counts():
-    with pytest.raises(ValueError, match="sum"):
-        amg.rle_to_mask({"size": [2, 3], "counts": [1, 2]})
+# --- mask boxes, property-tested -------------------------------------------------------------
 
 
 @settings(max_examples=60, deadline=None)
@@ -485,9 +440,8 @@ def test_rle_rejects_bad_counts():
     density=st.sampled_from([0.0, 0.01, 0.3, 0.9, 1.0]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_rle_and_boxes_property(n, h, w, density, seed):
+def test_boxes_property(n, h, w, density, seed):
     masks = random_masks(np.random.default_rng(seed), (n, h, w), density)
-    assert_rle_parity(masks)
     assert_same(amg.batched_mask_to_box(masks), ref.batched_mask_to_box(t(masks)))
 
 

@@ -7,7 +7,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from components.core.chips import (
-    CHIP_SIZE,
     axis_starts,
     chip_grid,
     chip_step,
@@ -21,13 +20,20 @@ sizes = st.sampled_from([16, 64, 100, 1024])
 overlaps = st.floats(min_value=0.0, max_value=0.95, allow_nan=False)
 
 
-def test_defaults_match_farmvibes():
-    assert CHIP_SIZE == 1024
-    grid = chip_grid(2048, 2048)
-    # step 512, n = ceil(1024 / 512) + 1 = 3 per axis
-    assert grid.row_starts == (0, 512, 1024)
+def test_farmvibes_grid_at_the_pipelines_defaults():
+    """FarmVibes' chip grid, worked by hand, at the chip size of SAM's published models and
+    the pipelines' default overlap (both from where the product takes them)."""
+    from components.core.params import SegmentationSettings
+    from model_export.architectures import ARCHITECTURES
+
+    size = ARCHITECTURES["vit_b"].image_size
+    overlap = SegmentationSettings.__dataclass_fields__["spatial_overlap"].default
+    grid = chip_grid(2560, 2048, size, overlap)
+    # step = int(1024 * (1 - 0.5)) = 512; rows: n = ceil((2560 - 1024) / 512) + 1 = 4,
+    # starts round(linspace(0, 1536, 4)); columns: n = ceil(1024 / 512) + 1 = 3
+    assert grid.row_starts == (0, 512, 1024, 1536)
     assert grid.col_starts == (0, 512, 1024)
-    assert len(grid) == 9
+    assert len(grid) == 12
 
 
 def test_whole_s2_tile_at_half_overlap_has_441_chips():
