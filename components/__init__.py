@@ -1,8 +1,10 @@
-"""Code that runs inside the pipeline containers.
+"""Code that runs inside the pipeline containers, in layers whose imports only go down.
 
-Pure modules (no file or network I/O): :mod:`components.core.chips`,
-:mod:`components.core.prompts`, :mod:`components.core.radiometry`, :mod:`components.core.amg`,
-:mod:`components.core.merge`, :mod:`components.core.vectorize`.
+``steps`` (one module per pipeline step) -> ``inference`` (the model interface, SAM on
+ONNX Runtime, prompted and automatic modes) and ``io`` (STAC, rasters, outputs, the
+model registry) -> ``core`` (pure: chips, prompts, radiometry, AMG math, merge, the
+parameter table). ``tasks`` holds the KFP shells over the steps; ``errors`` the errors
+a user can act on.
 """
 
 from components.version import __version__

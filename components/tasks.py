@@ -143,7 +143,8 @@ def ingest_s2(
     """
     from pathlib import Path
 
-    from components.core.params import PipelineRequest, from_json
+    from components.core.params import PipelineRequest
+    from components.core.records import from_json
     from components.steps.ingest_s2 import ingest_request
     from components.steps.reporting import report_step_errors
 
@@ -273,15 +274,14 @@ def export_sam(
     """
     from components.steps.reporting import report_step_errors
     from model_export.register import export_sam_step
+    from model_export.weights import WeightsSource
 
     with report_step_errors("export_sam"):
         return export_sam_step(
             model.path,
             model.metadata,
             model_type=model_type,
-            checkpoint=checkpoint,
-            random_weights=random_weights,
-            seed=seed,
+            weights=WeightsSource.from_parameters(checkpoint, random_weights, seed),
             fp16=fp16,
             alias=alias,
             model_name=model_name,

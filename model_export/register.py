@@ -9,20 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from components.io.registry import DEFAULT_ALIAS, RegisteredVersion, register_model
-from model_export.export import ExportedModel, run_export
+from model_export.export import ExportedModel, ExportOptions, run_export
+from model_export.weights import WeightsSource
 
 
 def export_and_register(
     model_type: str,
+    weights: WeightsSource | None = None,
+    options: ExportOptions | None = None,
     *,
-    checkpoint: Path | None = None,
-    random_weights: bool = False,
-    seed: int | None = None,
-    fp16: bool = False,
     alias: str | None = None,
     model_name: str | None = None,
     output_dir: Path | None = None,
-    force_external_data: bool = False,
     tracking: str | None = None,
 ) -> tuple[ExportedModel, RegisteredVersion]:
     """Export a SAM model, check parity, and register it as a new model version.
@@ -38,15 +36,7 @@ def export_and_register(
         else Path(tempfile.mkdtemp(prefix="s2sam-export-")) / "model"
     )
     try:
-        exported = run_export(
-            model_type,
-            work,
-            checkpoint=checkpoint,
-            random_weights=random_weights,
-            seed=seed,
-            fp16=fp16,
-            force_external_data=force_external_data,
-        )
+        exported = run_export(model_type, work, weights, options)
         registered = register_model(
             exported.directory,
             model_name,
@@ -65,12 +55,10 @@ def export_sam_step(
     metadata: dict[str, Any],
     *,
     model_type: str,
-    checkpoint: str = "",
-    random_weights: bool = False,
-    seed: int = 0,
-    fp16: bool = False,
-    alias: str = "",
-    model_name: str = "",
+    weights: WeightsSource,
+    fp16: bool,
+    alias: str,
+    model_name: str,
 ) -> str:
     """The ``export_sam`` component's body: pipeline parameters in, model URI out.
 
@@ -78,10 +66,8 @@ def export_sam_step(
     """
     exported, registered = export_and_register(
         model_type,
-        checkpoint=Path(checkpoint) if checkpoint else None,
-        random_weights=random_weights,
-        seed=seed if random_weights else None,
-        fp16=fp16,
+        weights,
+        ExportOptions(fp16=fp16),
         alias=alias or None,
         model_name=model_name or None,
     )

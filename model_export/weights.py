@@ -200,15 +200,34 @@ def random_sam(arch: SamArchitecture, seed: int) -> Sam:
     return sam
 
 
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's weights come from.
+
+    The official checkpoint (nothing given), a local checkpoint, or seeded random
+    weights (tests and benchmarks).
+    """
+
+    checkpoint: Path | None = None
+    random_weights: bool = False
+    seed: int | None = None
+
+    @classmethod
+    def from_parameters(cls, checkpoint: str, random_weights: bool, seed: int) -> WeightsSource:
+        """From Kubeflow parameters, where "" and a seed without random weights mean unset."""
+        return cls(
+            checkpoint=Path(checkpoint) if checkpoint else None,
+            random_weights=random_weights,
+            seed=seed if random_weights else None,
+        )
+
+
 def resolve_weights(
-    arch: SamArchitecture,
-    *,
-    checkpoint: Path | None = None,
-    random_weights: bool = False,
-    seed: int | None = None,
-    cache_dir: Path | None = None,
+    arch: SamArchitecture, source: WeightsSource | None = None, cache_dir: Path | None = None
 ) -> tuple[Sam, WeightsInfo]:
     """Load the model from exactly one weights source and describe that source."""
+    source = source or WeightsSource()
+    checkpoint, random_weights, seed = source.checkpoint, source.random_weights, source.seed
     if random_weights:
         if checkpoint is not None:
             raise InputError("give either a checkpoint or --random-weights, not both")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from kfp import compiler
 
+from pipelines.cluster_settings import ClusterSettings
 from pipelines.definitions import cluster_pipelines
-from pipelines.kubernetes import ClusterSettings
 
 COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
 

@@ -36,12 +36,8 @@ from kfp import dsl
 
 from components import tasks
 from components.core.params import KFP, pipeline_docstring
-from pipelines.kubernetes import (
-    ClusterSettings,
-    CpuTaskKind,
-    configure_cpu_task,
-    configure_inference_task,
-)
+from pipelines.cluster_settings import ClusterSettings, CpuTaskKind
+from pipelines.kubernetes import configure_cpu_task, configure_inference_task
 
 
 class Sinks(NamedTuple):

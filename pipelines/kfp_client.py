@@ -133,6 +133,10 @@ class KfpClient:
         response = with_retries(
             send, self.network, what, transient=retry, give_up=self._failed(what)
         )
+        return self._answer(response, what)
+
+    def _answer(self, response: requests.Response, what: str) -> dict[str, Any]:
+        """The JSON object of an answer, or the error its status means."""
         if response.status_code in (401, 403):
             raise KfpAuthError(
                 f"the KFP API at {self.host} refused {what} with HTTP {response.status_code} "

@@ -125,18 +125,8 @@ def run_pipeline(
         message, code = _task_error(log) or (str(err), 1)
         raise TaskFailed(f"{message} (task logs: {log})", code) from None
     seconds = time.perf_counter() - started
-    sinks: dict[str, Path] = {}
     outputs = task.outputs if isinstance(task.outputs, dict) else {"output": task.outputs}
-    for sink, artifact in outputs.items():
-        target = output_dir / sink
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        source = Path(artifact.path)
-        if source.is_dir():
-            shutil.copytree(source, target)
-        else:
-            shutil.copyfile(source, target)
-        sinks[sink] = target
+    sinks = _copy_sinks(outputs, output_dir)
     summary = {
         "pipeline": name,
         "s2sam_version": __version__,
@@ -151,3 +141,19 @@ def run_pipeline(
     if not keep_intermediates:
         shutil.rmtree(root, ignore_errors=True)
     return LocalRun(output_dir, sinks, seconds, summary)
+
+
+def _copy_sinks(outputs: dict[str, Any], output_dir: Path) -> dict[str, Path]:
+    """Each output artifact copied to ``output_dir/<sink>``, replacing an earlier run's."""
+    sinks: dict[str, Path] = {}
+    for sink, artifact in outputs.items():
+        target = output_dir / sink
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        source = Path(artifact.path)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copyfile(source, target)
+        sinks[sink] = target
+    return sinks

@@ -62,9 +62,10 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch", reason="model export needs the [export] extra (torch)")
     pytest.importorskip("segment_anything", reason="model export needs segment-anything")
     from model_export.export import run_export
+    from model_export.weights import WeightsSource
 
     out = tmp_path_factory.mktemp("tiny") / "model"
-    run_export("vit_tiny", out, random_weights=True, seed=0)
+    run_export("vit_tiny", out, WeightsSource(random_weights=True, seed=0))
     return out
 
 
@@ -74,10 +75,11 @@ def fields_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch", reason="model export needs the [export] extra (torch)")
     pytest.importorskip("segment_anything", reason="model export needs segment-anything")
     from model_export.export import run_export
-    from tests.data.fields.model import CHECKPOINT
+    from model_export.weights import WeightsSource
+    from tests.data.fields.model import CHECKPOINT, MODEL_TYPE
 
     out = tmp_path_factory.mktemp("fields") / "model"
-    run_export("vit_tiny", out, checkpoint=CHECKPOINT)
+    run_export(MODEL_TYPE, out, WeightsSource(checkpoint=CHECKPOINT))
     return out
 
 

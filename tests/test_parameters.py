@@ -19,11 +19,8 @@ from components.core.params import (
     RadiometryParams,
     SearchParams,
     SegmentationSettings,
-    from_json,
-    from_record,
-    to_json,
-    to_record,
 )
+from components.core.records import from_json, from_record, to_json, to_record
 from components.errors import InputError
 from pipelines.cli import build_parser
 from pipelines.compile import COMPILED_DIR

@@ -132,30 +132,13 @@ def parse_area(
     """
     if not (isinstance(max_area_km2, int | float) and max_area_km2 > 0):
         raise InputError(f"max_area_km2 must be a positive number, got {max_area_km2!r}")
-    doc: Any = geojson
-    if isinstance(geojson, str):
-        try:
-            doc = json.loads(geojson)
-        except json.JSONDecodeError as err:
-            raise InputError(f"geometry is not valid JSON: {err}") from err
-    if not isinstance(doc, Mapping):
-        raise InputError(f"geometry must be a GeoJSON object, got {type(doc).__name__}")
+    doc = _document(geojson)
     crs = document_crs(doc, "geometry ")
     parts = [_polygonal(where, geometry, crs) for where, geometry in _geometries(doc)]
     geometry = parts[0] if len(parts) == 1 else shapely.union_all(parts)
     if not crs.equals(CRS.from_user_input(LONLAT)):
         geometry = _reproject(geometry, crs, CRS.from_user_input(LONLAT))
-    west, south, east, north = geometry.bounds
-    if east - west > 180.0:
-        raise InputError(
-            f"geometry spans {east - west:.1f}° of longitude: areas crossing the "
-            "antimeridian are not supported; ingest each side separately"
-        )
-    if south < UTM_LAT_RANGE[0] or north > UTM_LAT_RANGE[1]:
-        raise InputError(
-            f"geometry reaches latitude {south if south < UTM_LAT_RANGE[0] else north:.3f}, "
-            f"outside the UTM range {UTM_LAT_RANGE} where Sentinel-2 tiles are defined"
-        )
+    _check_extent(geometry)
     area_km2 = geodesic_area_km2(geometry)
     if area_km2 <= 0.0:
         raise InputError("geometry has zero area: the area must be a polygon with an inside")
@@ -167,6 +150,34 @@ def parse_area(
     if not isinstance(geometry, Polygon | MultiPolygon):  # pragma: no cover - union of polygons
         raise InputError(f"geometry union is a {geometry.geom_type}, not a polygon")
     return Area(geometry=geometry, area_km2=area_km2)
+
+
+def _document(geojson: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    """The GeoJSON object of the area, from text or as given."""
+    doc: Any = geojson
+    if isinstance(geojson, str):
+        try:
+            doc = json.loads(geojson)
+        except json.JSONDecodeError as err:
+            raise InputError(f"geometry is not valid JSON: {err}") from err
+    if not isinstance(doc, Mapping):
+        raise InputError(f"geometry must be a GeoJSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _check_extent(geometry: BaseGeometry) -> None:
+    """One side of the antimeridian, inside the latitudes where UTM (and S2 tiles) exist."""
+    west, south, east, north = geometry.bounds
+    if east - west > 180.0:
+        raise InputError(
+            f"geometry spans {east - west:.1f}° of longitude: areas crossing the "
+            "antimeridian are not supported; ingest each side separately"
+        )
+    if south < UTM_LAT_RANGE[0] or north > UTM_LAT_RANGE[1]:
+        raise InputError(
+            f"geometry reaches latitude {south if south < UTM_LAT_RANGE[0] else north:.3f}, "
+            f"outside the UTM range {UTM_LAT_RANGE} where Sentinel-2 tiles are defined"
+        )
 
 
 def geodesic_area_km2(geometry: BaseGeometry) -> float:

@@ -37,12 +37,10 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import shapely
 from numpy.typing import NDArray
-from pycocotools import mask as mask_utils
 
 from components.core.chips import Chip, ChipGrid, inner_edges
 from components.core.geometry import Box, intersect_boxes, mask_box, union_box
@@ -77,36 +75,6 @@ class SceneMask:
     def chip_index(self) -> int:
         """The chip the mask came from (the lowest, for a stitched mask)."""
         return min(self.chips)
-
-
-def mask_to_record(m: SceneMask) -> dict[str, Any]:
-    """JSON-able form of a mask (COCO RLE of its cropped pixels): what shards hand to the merge."""
-    rle = mask_utils.encode(np.asfortranarray(m.mask.astype(np.uint8)))
-    return {
-        "box": list(m.box),
-        "counts": rle["counts"].decode("ascii"),
-        "predicted_iou": m.predicted_iou,
-        "stability_score": m.stability_score,
-        "chips": list(m.chips),
-        "prompt_id": m.prompt_id,
-    }
-
-
-def mask_from_record(record: dict[str, Any]) -> SceneMask:
-    """Inverse of :func:`mask_to_record` (JSON numbers may come back as floats)."""
-    x0, y0, x1, y1 = (int(v) for v in record["box"])
-    rle = {"size": [y1 - y0, x1 - x0], "counts": record["counts"].encode("ascii")}
-    pid = record.get("prompt_id")
-    if isinstance(pid, float) and pid.is_integer():
-        pid = int(pid)
-    return SceneMask(
-        box=(x0, y0, x1, y1),
-        mask=mask_utils.decode(rle).astype(bool),
-        predicted_iou=float(record["predicted_iou"]),
-        stability_score=float(record["stability_score"]),
-        chips=tuple(int(c) for c in record["chips"]),
-        prompt_id=pid,
-    )
 
 
 def masks_from_chip(
@@ -292,20 +260,53 @@ def merge_automatic(
         raise ValueError(f"edge_tolerance must be >= 1 px, got {edge_tolerance}")
     if not masks:
         return []
+    # 1. which masks a chip edge cut
     cut = [touches_inner_edge(m.box, grid[m.chip_index], grid, edge_tolerance) for m in masks]
-    pairs = overlapping_pairs([m.box for m in masks])
+    pairs = overlapping_pairs([m.box for m in masks]).tolist()
+    # 2. and 3. cut copies of objects another chip saw whole go; fragments are stitched
+    explained = explained_cut_masks(masks, cut, pairs, grid, seam_iou)
+    groups = seam_groups(masks, cut, explained, pairs, grid, seam_iou)
+    candidates = [g[0] if len(g) == 1 else stitch(g) for g in groups]
+    # 4. global NMS in the scene frame
+    return [candidates[k] for k in mask_nms(candidates, mask_nms_thr)]
 
-    # 2. drop cut masks that a complete mask from another chip explains
+
+def explained_cut_masks(
+    masks: Sequence[SceneMask],
+    cut: Sequence[bool],
+    pairs: Sequence[Sequence[int]],
+    grid: ChipGrid,
+    seam_iou: float,
+) -> NDArray[np.bool_]:
+    """Cut masks that a complete mask from another chip explains: the same object.
+
+    A complete mask explains a cut one when their IoU inside the cut mask's chip is at
+    least ``seam_iou``: that chip saw the object through a smaller window.
+    """
     explained = np.zeros(len(masks), dtype=bool)
-    for i, j in pairs.tolist():
+    for i, j in pairs:
         for c, w in ((i, j), (j, i)):  # c: cut candidate, w: whole candidate
             if not cut[c] or cut[w] or explained[c] or masks[c].chips == masks[w].chips:
                 continue
             region = grid[masks[c].chip_index].valid_bounds
             if mask_iou(masks[c], masks[w], region) >= seam_iou:
                 explained[c] = True
+    return explained
 
-    # 3. stitch the remaining fragments that agree on the area their chips share
+
+def seam_groups(
+    masks: Sequence[SceneMask],
+    cut: Sequence[bool],
+    explained: NDArray[np.bool_],
+    pairs: Sequence[Sequence[int]],
+    grid: ChipGrid,
+    seam_iou: float,
+) -> list[list[SceneMask]]:
+    """The masks left, grouped: fragments of one object seen by different chips.
+
+    Cut fragments from different chips that agree on the area their chips share (IoU
+    there at least ``seam_iou``) form one group; every other mask is a group alone.
+    """
     parent = list(range(len(masks)))
 
     def find(k: int) -> int:
@@ -314,25 +315,20 @@ def merge_automatic(
             k = parent[k]
         return k
 
-    for i, j in pairs.tolist():
-        if not (cut[i] and cut[j]) or explained[i] or explained[j]:
-            continue
-        if masks[i].chips == masks[j].chips:
+    for i, j in pairs:
+        both_cut = cut[i] and cut[j] and not (explained[i] or explained[j])
+        if not both_cut or masks[i].chips == masks[j].chips:
             continue
         common = intersect_boxes(
             grid[masks[i].chip_index].valid_bounds, grid[masks[j].chip_index].valid_bounds
         )
         if common is not None and mask_iou(masks[i], masks[j], common) >= seam_iou:
             parent[find(i)] = find(j)
-
     groups: dict[int, list[SceneMask]] = {}
     for k, m in enumerate(masks):
         if not explained[k]:
             groups.setdefault(find(k), []).append(m)
-    candidates = [g[0] if len(g) == 1 else stitch(g) for g in groups.values()]
-
-    # 4. global NMS in the scene frame
-    return [candidates[k] for k in mask_nms(candidates, mask_nms_thr)]
+    return list(groups.values())
 
 
 # ---------------------------------------------------------------------------

@@ -30,10 +30,9 @@ with no usable prompt left in the scene is an error.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -42,16 +41,11 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
 from components.core.chips import Chip
-from components.core.geojson_crs import document_crs
+from components.core.prompt_geojson import ParsedPrompts, PromptId, parse_prompts
 from components.errors import InputError
-
-PromptId = int | str
-"""A prompt group's id; becomes the name of its output band."""
 
 Box = tuple[float, float, float, float]
 """A box prompt as ``(x0, y0, x1, y1)`` pixels, ``x0 <= x1`` and ``y0 <= y1``."""
-
-GeometryType = Literal["Point", "MultiPoint", "Polygon"]
 
 BOX_EDGE_POINTS = 32
 """Points per polygon edge before reprojection.
@@ -62,37 +56,6 @@ corners alone would give a box too small. A fixed count per edge works in any un
 """
 
 _MAX_LISTED_REASONS = 20
-
-
-@dataclass(frozen=True)
-class PromptFeature:
-    """One validated feature, still in the collection's CRS."""
-
-    index: int
-    """Position in the collection's ``features`` list, for messages."""
-    prompt_id: PromptId
-    label: int
-    geometry_type: GeometryType
-    coordinates: tuple[tuple[float, float], ...]
-    """The points of a Point/MultiPoint, or a Polygon's exterior ring."""
-
-    @property
-    def is_box(self) -> bool:
-        """Whether the feature is a box prompt (a Polygon)."""
-        return self.geometry_type == "Polygon"
-
-
-@dataclass(frozen=True)
-class ParsedPrompts:
-    """A validated prompt collection and the CRS its coordinates are in."""
-
-    features: tuple[PromptFeature, ...]
-    crs: CRS
-
-    @property
-    def prompt_ids(self) -> tuple[PromptId, ...]:
-        """Prompt ids in order of first appearance: the output band order."""
-        return tuple(dict.fromkeys(f.prompt_id for f in self.features))
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,38 +111,6 @@ class ScenePrompts:
         return tuple(g.prompt_id for g in self.groups)
 
 
-def parse_prompts(geojson: str | Mapping[str, Any]) -> ParsedPrompts:
-    """Validate a prompt FeatureCollection (JSON text or a parsed mapping).
-
-    Raises:
-        ValueError: The collection breaks the schema; the message names the feature
-            (index and ``prompt_id``) or group and the rule it breaks.
-    """
-    doc: Any = geojson
-    if isinstance(geojson, str):
-        try:
-            doc = json.loads(geojson)
-        except json.JSONDecodeError as err:
-            raise InputError(f"prompts are not valid JSON: {err}") from err
-    if not isinstance(doc, Mapping):
-        raise InputError(
-            f"prompts must be a GeoJSON FeatureCollection object, got {type(doc).__name__}"
-        )
-    if doc.get("type") != "FeatureCollection":
-        raise InputError(
-            f"prompts must be a GeoJSON FeatureCollection, got type {doc.get('type')!r}"
-        )
-    crs = document_crs(doc)
-    raw = doc.get("features")
-    if not isinstance(raw, list | tuple):
-        raise InputError(f"FeatureCollection 'features' must be a list, got {type(raw).__name__}")
-    if not raw:
-        raise InputError("FeatureCollection has no features: at least one prompt is needed")
-    features = tuple(_parse_feature(i, f, crs.is_geographic) for i, f in enumerate(raw))
-    _check_groups(features)
-    return ParsedPrompts(features=features, crs=crs)
-
-
 def prompts_to_scene(
     parsed: ParsedPrompts, raster_crs: object, transform: Affine, height: int, width: int
 ) -> ScenePrompts:
@@ -194,7 +125,7 @@ def prompts_to_scene(
     FarmVibes. A group left with neither a foreground point nor a box is dropped.
 
     Raises:
-        ValueError: Bad scene geometry or CRS, or no usable prompt in the scene; the
+        InputError: Bad scene geometry or CRS, or no usable prompt in the scene; the
             message lists why each prompt was dropped.
     """
     for name, value in (("height", height), ("width", width)):
@@ -206,81 +137,87 @@ def prompts_to_scene(
         dst = CRS.from_user_input(raster_crs)
     except CRSError as err:
         raise InputError(f"raster CRS {raster_crs!r} is not a CRS pyproj understands") from err
-    projector = _PixelProjector(parsed.crs, dst, transform)
+    placed = _place_features(parsed, _PixelProjector(parsed.crs, dst, transform), width, height)
+    groups = [g for pid in parsed.prompt_ids if (g := placed.group(pid)) is not None]
+    if not groups:
+        raise InputError(f"no usable prompt in the {placed.size}: {_reasons(placed.dropped)}")
+    return ScenePrompts(groups=tuple(groups), dropped=tuple(placed.dropped))
+
+
+class _Placed:
+    """Prompts of each group that landed in the scene, and those that did not."""
+
+    def __init__(self, prompt_ids: tuple[PromptId, ...], size: str) -> None:
+        self.size = size
+        self.points: dict[PromptId, list[tuple[float, float]]] = {p: [] for p in prompt_ids}
+        self.labels: dict[PromptId, list[int]] = {p: [] for p in prompt_ids}
+        self.indices: dict[PromptId, list[int]] = {p: [] for p in prompt_ids}
+        self.boxes: dict[PromptId, Box] = {}
+        self.dropped: list[DroppedPrompt] = []
+
+    def group(self, pid: PromptId) -> PromptGroup | None:
+        """The group ``pid`` in the scene, or ``None`` (recorded as dropped) if unusable."""
+        points = np.array(self.points[pid], dtype=np.float64).reshape(-1, 2)
+        labels = np.array(self.labels[pid], dtype=np.int64)
+        foreground = points[labels == 1]
+        box = self.boxes.get(pid)
+        if box is None and len(foreground) == 0:
+            why = (
+                f"group has no foreground point or box inside the {self.size}, "
+                "so its remaining prompts are dropped too"
+            )
+            self.dropped.append(DroppedPrompt(pid, None, why))
+            return None
+        if box is not None and len(foreground):
+            # SAM reads a box as "the object is in here": it must hold the clicks.
+            lo, hi = foreground.min(axis=0), foreground.max(axis=0)
+            box = (
+                min(box[0], float(lo[0])), min(box[1], float(lo[1])),
+                max(box[2], float(hi[0])), max(box[3], float(hi[1])),
+            )  # fmt: skip
+        return PromptGroup(pid, points, labels, box, tuple(self.indices[pid]))
+
+
+def _place_features(
+    parsed: ParsedPrompts, projector: _PixelProjector, width: int, height: int
+) -> _Placed:
+    """Every feature in scene pixels: points inside kept, boxes clipped, the rest dropped."""
     scene: Box = (0.0, 0.0, float(width), float(height))
-    size = f"{width} x {height} px scene"
-
-    dropped: list[DroppedPrompt] = []
-    points: dict[PromptId, list[tuple[float, float]]] = {}
-    labels: dict[PromptId, list[int]] = {}
-    boxes: dict[PromptId, Box] = {}
-    indices: dict[PromptId, list[int]] = {}
-    for pid in parsed.prompt_ids:
-        points[pid], labels[pid], indices[pid] = [], [], []
-
+    placed = _Placed(parsed.prompt_ids, f"{width} x {height} px scene")
     for feature in parsed.features:
         pid = feature.prompt_id
-        indices[pid].append(feature.index)
+        placed.indices[pid].append(feature.index)
         if feature.is_box:
             box, why = _scene_box(projector, feature.coordinates, scene)
             if box is None:
-                dropped.append(DroppedPrompt(pid, feature.index, why))
+                placed.dropped.append(DroppedPrompt(pid, feature.index, why))
             else:
-                boxes[pid] = box
+                placed.boxes[pid] = box
             continue
         xy = projector(np.asarray(feature.coordinates, dtype=np.float64))
         for (x, y), (src_x, src_y) in zip(xy.tolist(), feature.coordinates, strict=True):
             if not np.isfinite([x, y]).all():
                 why = f"point ({src_x}, {src_y}) cannot be reprojected to the raster CRS"
             elif not _contains(scene, x, y):
-                why = f"point at col {x:.1f}, row {y:.1f} is outside the {size}"
+                why = f"point at col {x:.1f}, row {y:.1f} is outside the {placed.size}"
             else:
-                points[pid].append((x, y))
-                labels[pid].append(feature.label)
+                placed.points[pid].append((x, y))
+                placed.labels[pid].append(feature.label)
                 continue
-            dropped.append(DroppedPrompt(pid, feature.index, why))
+            placed.dropped.append(DroppedPrompt(pid, feature.index, why))
+    return placed
 
-    groups: list[PromptGroup] = []
-    for pid in parsed.prompt_ids:
-        group_points = np.array(points[pid], dtype=np.float64).reshape(-1, 2)
-        group_labels = np.array(labels[pid], dtype=np.int64)
-        foreground = group_points[group_labels == 1]
-        box = boxes.get(pid)
-        if box is None and len(foreground) == 0:
-            dropped.append(
-                DroppedPrompt(
-                    pid,
-                    None,
-                    f"group has no foreground point or box inside the {size}, "
-                    "so its remaining prompts are dropped too",
-                )
-            )
-            continue
-        if box is not None and len(foreground):
-            # SAM reads a box as "the object is in here": it must hold the clicks.
-            lo = foreground.min(axis=0)
-            hi = foreground.max(axis=0)
-            box = (
-                min(box[0], float(lo[0])),
-                min(box[1], float(lo[1])),
-                max(box[2], float(hi[0])),
-                max(box[3], float(hi[1])),
-            )
-        groups.append(PromptGroup(pid, group_points, group_labels, box, tuple(indices[pid])))
 
-    if not groups:
-        reasons = [
-            f"prompt_id {d.prompt_id!r}"
-            + ("" if d.feature_index is None else f" feature {d.feature_index}")
-            + f": {d.reason}"
-            for d in dropped
-        ]
-        more = len(reasons) - _MAX_LISTED_REASONS
-        listed = "; ".join(reasons[:_MAX_LISTED_REASONS]) + (
-            f"; and {more} more" if more > 0 else ""
-        )
-        raise InputError(f"no usable prompt in the {size}: {listed}")
-    return ScenePrompts(groups=tuple(groups), dropped=tuple(dropped))
+def _reasons(dropped: list[DroppedPrompt]) -> str:
+    """Why each prompt was dropped, the first few listed (for the error a user reads)."""
+    reasons = [
+        f"prompt_id {d.prompt_id!r}"
+        + ("" if d.feature_index is None else f" feature {d.feature_index}")
+        + f": {d.reason}"
+        for d in dropped
+    ]
+    more = len(reasons) - _MAX_LISTED_REASONS
+    return "; ".join(reasons[:_MAX_LISTED_REASONS]) + (f"; and {more} more" if more > 0 else "")
 
 
 def load_prompts(
@@ -383,151 +320,3 @@ def _clip(box: Box, extent: Box) -> Box | None:
     if x0 >= x1 or y0 >= y1:
         return None
     return (x0, y0, x1, y1)
-
-
-def _where(index: int, prompt_id: PromptId | None = None) -> str:
-    return f"feature {index}" if prompt_id is None else f"feature {index} (prompt_id {prompt_id!r})"
-
-
-def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_int(value: object) -> bool:
-    # bool is an int subclass, but ``true`` as a label or id is a mistake.
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
-
-
-def _parse_feature(index: int, feature: object, geographic: bool) -> PromptFeature:
-    if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
-        raise InputError(f"feature {index}: must be a GeoJSON Feature, got {_short(feature)}")
-    props = feature.get("properties")
-    if not isinstance(props, Mapping):
-        raise InputError(f"feature {index}: needs 'properties' with 'label' and 'prompt_id'")
-    if "prompt_id" not in props:
-        raise InputError(f"feature {index}: properties need a 'prompt_id'")
-    raw_id = props["prompt_id"]
-    if _is_int(raw_id):
-        prompt_id: PromptId = int(raw_id)
-    elif isinstance(raw_id, str) and raw_id.strip():
-        prompt_id = raw_id
-    else:
-        raise InputError(
-            f"feature {index}: prompt_id must be an int or a non-empty string, got {_short(raw_id)}"
-        )
-    where = _where(index, prompt_id)
-    if "label" not in props:
-        raise InputError(f"{where}: properties need a 'label' (1 foreground, 0 background)")
-    label = props["label"]
-    if not _is_int(label) or label not in (0, 1):
-        raise InputError(f"{where}: label must be 0 or 1, got {_short(label)}")
-
-    geometry = feature.get("geometry")
-    if not isinstance(geometry, Mapping):
-        raise InputError(
-            f"{where}: geometry must be a Point, MultiPoint or Polygon, got {_short(geometry)}"
-        )
-    kind = geometry.get("type")
-    coords = geometry.get("coordinates")
-    if kind == "Point":
-        positions = [_position(where, coords)]
-    elif kind == "MultiPoint":
-        if not isinstance(coords, list | tuple) or not coords:
-            raise InputError(f"{where}: MultiPoint coordinates must be a non-empty list")
-        positions = [_position(where, p) for p in coords]
-    elif kind == "Polygon":
-        if label != 1:
-            raise InputError(f"{where}: a Polygon is a box prompt and must have label 1, got 0")
-        if not isinstance(coords, list | tuple) or not coords:
-            raise InputError(f"{where}: Polygon coordinates must be a non-empty list of rings")
-        rings = [_ring(where, ring) for ring in coords]
-        positions = rings[0]
-        xs = [p[0] for p in positions]
-        ys = [p[1] for p in positions]
-        if max(xs) == min(xs) or max(ys) == min(ys):
-            raise InputError(f"{where}: Polygon has zero width or height, so it is no box")
-        for ring in rings[1:]:
-            _check_range(where, ring, geographic)
-    else:
-        raise InputError(
-            f"{where}: geometry type must be Point, MultiPoint or Polygon, got {kind!r}"
-        )
-    _check_range(where, positions, geographic)
-    return PromptFeature(
-        index=index,
-        prompt_id=prompt_id,
-        label=int(label),
-        geometry_type=kind,
-        coordinates=tuple(positions),
-    )
-
-
-def _position(where: str, value: object) -> tuple[float, float]:
-    if (
-        not isinstance(value, list | tuple)
-        or len(value) not in (2, 3)
-        or not all(_is_number(v) for v in value)
-    ):
-        raise InputError(f"{where}: a position must be [x, y] numbers, got {_short(value)}")
-    x, y = float(value[0]), float(value[1])
-    if not (np.isfinite(x) and np.isfinite(y)):
-        raise InputError(f"{where}: coordinates must be finite, got {_short(value)}")
-    return (x, y)
-
-
-def _ring(where: str, value: object) -> list[tuple[float, float]]:
-    # RFC 7946 rings are closed with >= 4 positions; an unclosed ring has the same
-    # bounds, so only require enough positions to span an area.
-    if not isinstance(value, list | tuple) or len(value) < 3:
-        raise InputError(
-            f"{where}: a Polygon ring must be a list of at least 3 positions, got {_short(value)}"
-        )
-    return [_position(where, p) for p in value]
-
-
-def _check_range(where: str, positions: list[tuple[float, float]], geographic: bool) -> None:
-    if not geographic:
-        return
-    for lon, lat in positions:
-        if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-            raise InputError(
-                f"{where}: position ({lon}, {lat}) is not a valid (longitude, latitude); "
-                "GeoJSON positions are [longitude, latitude]"
-            )
-
-
-def _check_groups(features: tuple[PromptFeature, ...]) -> None:
-    """Rules that span features: id collisions, one box per group, usable groups."""
-    by_name: dict[str, PromptFeature] = {}
-    box_of: dict[PromptId, int] = {}
-    members: dict[PromptId, list[PromptFeature]] = {}
-    for feature in features:
-        pid = feature.prompt_id
-        first = by_name.setdefault(str(pid), feature)
-        if type(first.prompt_id) is not type(pid):
-            raise InputError(
-                f"{_where(feature.index, pid)} and {_where(first.index, first.prompt_id)}: "
-                "an int and a str prompt_id with the same text would collide as band names"
-            )
-        if feature.is_box:
-            if pid in box_of:
-                raise InputError(
-                    f"prompt_id {pid!r}: features {box_of[pid]} and {feature.index} are both "
-                    "boxes (Polygons); a prompt group takes at most one box"
-                )
-            box_of[pid] = feature.index
-        members.setdefault(pid, []).append(feature)
-    for pid, group in members.items():
-        if pid not in box_of and not any(f.label == 1 for f in group):
-            indices = ", ".join(str(f.index) for f in group)
-            raise InputError(
-                f"prompt_id {pid!r} (features {indices}) has only background points; "
-                "a prompt group needs a foreground point or a box"
-            )

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 import numpy as np
@@ -240,34 +240,34 @@ def scene_rgb_scaling(
     default_offset = boa_add_offset(processing_baseline) / QUANTIFICATION_VALUE
     scale = band_parameter(band_scaling, 1.0 / QUANTIFICATION_VALUE, "band_scaling")
     offset = band_parameter(band_offset, default_offset, "band_offset")
-    low, high = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     unit_range = RgbScaling(
         scale=(scale[0], scale[1], scale[2]),
         offset=(offset[0], offset[1], offset[2]),
-        low=low,
-        high=high,
+        low=(0.0, 0.0, 0.0),
+        high=(1.0, 1.0, 1.0),
         stretch=stretch,
         nodata=nodata,
     )
-    if stretch == "none":
-        return unit_range
     sample = rgb_bands(sample_dn)
     valid = valid_pixels(sample, nodata)
-    if not valid.any():
+    if stretch == "none" or not valid.any():
         return unit_range
-    unit = to_unit(sample, unit_range)[:, valid]
-    lows, highs = np.percentile(unit, [p_low, p_high], axis=1)
+    low, high = stretch_range(to_unit(sample, unit_range)[:, valid], percentiles, min_span)
+    return replace(unit_range, low=low, high=high)
+
+
+def stretch_range(
+    unit: NDArray[np.float64], percentiles: tuple[float, float], min_span: float
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-band low/high percentiles of ``(3, N)`` unit values, at least ``min_span`` apart."""
+    lows, highs = np.percentile(unit, list(percentiles), axis=1)
     centre = (lows + highs) / 2.0
     narrow = highs - lows < min_span
     lows = np.where(narrow, centre - min_span / 2.0, lows)
     highs = np.where(narrow, centre + min_span / 2.0, highs)
-    return RgbScaling(
-        scale=unit_range.scale,
-        offset=unit_range.offset,
-        low=(float(lows[0]), float(lows[1]), float(lows[2])),
-        high=(float(highs[0]), float(highs[1]), float(highs[2])),
-        stretch=stretch,
-        nodata=nodata,
+    return (
+        (float(lows[0]), float(lows[1]), float(lows[2])),
+        (float(highs[0]), float(highs[1]), float(highs[2])),
     )
 
 

@@ -1,27 +1,25 @@
 """Which Sentinel-2 L2A acquisitions to ingest: the selection math, without any I/O.
 
 The ingest (:mod:`components.io.ingest`) searches a STAC API for *tile items* (one MGRS
-tile of one acquisition each) and hands them here as :class:`TileItem` records:
+tile of one acquisition each, in the time range of :mod:`components.core.search`) and
+hands them here as :class:`TileItem` records:
 
-1. **Time range.** Explicit dates, or ``lookback_days`` before a reference time
-   (default now): what a scheduled run needs. Dates are whole UTC days, both ends
-   included.
-2. **Grouping.** Items of one pass of one satellite (same UTC date, platform and
+1. **Grouping.** Items of one pass of one satellite (same UTC date, platform and
    relative orbit) form an :class:`Acquisition`; a tile processed twice (the
    Planetary Computer holds some reprocessed products beside the originals) keeps
    its newest processing baseline.
-3. **Tile cover.** Per acquisition, the fewest tiles whose footprints cover the
+2. **Tile cover.** Per acquisition, the fewest tiles whose footprints cover the
    area (exact search over small sets, greedy beyond), preferring tiles in the
    output's UTM zone, which then need no reprojection.
-4. **Clouds.** The scene classification (SCL) read over the area only gives the
+3. **Clouds.** The scene classification (SCL) read over the area only gives the
    share of cloud and cloud shadow (classes 3, 8, 9, 10) among the area's pixels
    with data, and the share without data (class 0: outside the swath).
-5. **Choice.** Acquisitions over the limits are rejected with the reason;
+4. **Choice.** Acquisitions over the limits are rejected with the reason;
    ``least_cloudy`` keeps the ``max_scenes`` clearest, ``latest`` the newest,
    ``all`` every one that passes.
 
 Tile-level ``eo:cloud_cover`` is a 110 km average: a clear tile can hide a cloud on
-the field and a cloudy one can be clear over it, which is why step 4 looks at the
+the field and a cloudy one can be clear over it, which is why step 3 looks at the
 area's own pixels (FarmVibes.AI computed a cloud mask and never used it).
 """
 
@@ -32,7 +30,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Literal, get_args
 
 import numpy as np
@@ -42,23 +40,6 @@ from shapely.geometry.base import BaseGeometry
 
 from components.core.radiometry import NODATA_DN, boa_add_offset, parse_baseline
 from components.errors import InputError, NoDataError
-
-BAND_RESOLUTION: Mapping[str, int] = {
-    "B02": 10,
-    "B03": 10,
-    "B04": 10,
-    "B08": 10,
-    "B05": 20,
-    "B06": 20,
-    "B07": 20,
-    "B8A": 20,
-    "B11": 20,
-    "B12": 20,
-}
-"""The 10 and 20 m L2A bands and their native pixel size in metres."""
-
-DEFAULT_BANDS = ("B04", "B03", "B02")
-"""Red, green, blue: what SAM's RGB encoder takes."""
 
 SCL_ASSET = "SCL"
 SCL_NODATA = 0
@@ -74,7 +55,6 @@ COVER_TOLERANCE = 1e-6
 MAX_EXACT_COVER = 10
 """Tile counts up to which the fewest-tiles cover is found exactly."""
 
-_BAND = re.compile(r"^B(\d{1,2}|8A)$")
 _MAX_LISTED = 20
 
 
@@ -84,134 +64,6 @@ class NoSceneError(NoDataError):
 
 class TooCloudyError(NoSceneError):
     """Acquisitions were found, but every one is too cloudy or lacks data over the area."""
-
-
-# --- time range ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TimeRange:
-    """A closed interval of UTC instants."""
-
-    start: datetime
-    end: datetime
-
-    def to_stac(self) -> str:
-        """The interval as a STAC API ``datetime`` parameter."""
-        return f"{format_instant(self.start)}/{format_instant(self.end)}"
-
-
-def format_instant(value: datetime) -> str:
-    """RFC 3339 UTC with a ``Z``; microseconds only when there are any."""
-    utc = value.astimezone(timezone.utc)
-    fraction = f".{utc.microsecond:06d}" if utc.microsecond else ""
-    return utc.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
-
-
-def parse_instant(value: str | date | datetime, name: str, end_of_day: bool = False) -> datetime:
-    """A date or datetime as an aware UTC datetime.
-
-    A bare date is the start of that UTC day, or its last microsecond with
-    ``end_of_day`` (so an end date includes its own day). Naive datetimes are UTC.
-    """
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, date):
-        parsed = datetime.combine(value, time.max if end_of_day else time.min)
-    elif isinstance(value, str) and value.strip():
-        text = value.strip()
-        try:
-            if len(text) == 10:
-                day = date.fromisoformat(text)
-                parsed = datetime.combine(day, time.max if end_of_day else time.min)
-            else:
-                parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" else text)
-        except ValueError:
-            raise InputError(
-                f"{name} {value!r} is not a date (YYYY-MM-DD) or an ISO 8601 datetime"
-            ) from None
-    else:
-        raise InputError(f"{name} must be a date (YYYY-MM-DD), got {value!r}")
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
-
-
-def resolve_time_range(
-    start_date: str | date | None = None,
-    end_date: str | date | None = None,
-    lookback_days: int | None = None,
-    reference_time: str | datetime | None = None,
-    now: datetime | None = None,
-) -> TimeRange:
-    """The search interval, from explicit dates or a lookback before a reference time.
-
-    Args:
-        start_date: First day (or instant) searched; needs ``end_date``.
-        end_date: Last day searched, included.
-        lookback_days: Days before ``reference_time`` searched, instead of dates.
-        reference_time: End of a lookback; default ``now``.
-        now: The current time (for tests); default the clock.
-
-    Raises:
-        ValueError: Both or neither forms given, a missing end, a bad value, or a
-            start after the end.
-    """
-    explicit = start_date is not None or end_date is not None
-    if explicit and lookback_days is not None:
-        raise InputError(
-            "give either start_date and end_date, or lookback_days, not both "
-            f"(got start_date={start_date!r}, end_date={end_date!r}, "
-            f"lookback_days={lookback_days!r})"
-        )
-    if explicit:
-        if reference_time is not None:
-            raise InputError("reference_time only applies to lookback_days, not to dates")
-        if start_date is None or end_date is None:
-            missing = "start_date" if start_date is None else "end_date"
-            raise InputError(f"{missing} is missing: explicit dates need both ends")
-        start = parse_instant(start_date, "start_date")
-        end = parse_instant(end_date, "end_date", end_of_day=True)
-        if start > end:
-            raise InputError(f"start_date {start_date} is after end_date {end_date}")
-        return TimeRange(start, end)
-    if lookback_days is None:
-        raise InputError("no time range: give start_date and end_date, or lookback_days")
-    if isinstance(lookback_days, bool) or not isinstance(lookback_days, int) or lookback_days < 1:
-        raise InputError(f"lookback_days must be a positive integer, got {lookback_days!r}")
-    if reference_time is None:
-        end = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    else:
-        end = parse_instant(reference_time, "reference_time", end_of_day=True)
-    return TimeRange(end - timedelta(days=lookback_days), end)
-
-
-# --- bands -----------------------------------------------------------------------------
-
-
-def parse_bands(bands: str | Sequence[str]) -> tuple[str, ...]:
-    """Band names in order, normalised (``"b4, B8A"`` -> ``("B04", "B8A")``).
-
-    Raises:
-        ValueError: Empty, duplicated, or not one of the 10/20 m bands.
-    """
-    raw = bands.split(",") if isinstance(bands, str) else list(bands)
-    names = []
-    for item in raw:
-        text = str(item).strip().upper()
-        match = _BAND.match(text)
-        name = f"B{match.group(1).zfill(2)}" if match else text
-        if name not in BAND_RESOLUTION:
-            raise InputError(
-                f"band {str(item).strip()!r} is not a 10 or 20 m Sentinel-2 L2A band; "
-                f"choose from {', '.join(sorted(BAND_RESOLUTION))}"
-            )
-        if name in names:
-            raise InputError(f"band {name} is listed twice in {bands!r}")
-        names.append(name)
-    if not names:
-        raise InputError("bands is empty: name at least one band, e.g. B04,B03,B02")
-    return tuple(names)
 
 
 # --- tiles and acquisitions ------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from components.core import amg
+from components.core import amg, regions
 from components.core.params import AmgParams
 from components.inference.model import SegmentationModel, pad_chip, preprocess_shape
 
@@ -121,38 +121,11 @@ def process_crop(
     coords = points * np.array([input_size[1] / crop_w, input_size[0] / crop_h])
     parts: list[ChipMasks] = []
     for batch_coords, batch_points in amg.batch_iterator(params.points_per_batch, coords, points):
-        n = len(batch_coords)
-        sam_coords = np.zeros((n, 2, 2), np.float32)
-        sam_coords[:, 0] = batch_coords
-        labels = np.tile(np.array([[1.0, -1.0]], np.float32), (n, 1))
-        out = model.decode(embedding, sam_coords, labels)
-        ious = out.iou_predictions[:, 1:].reshape(-1)  # the three multimask outputs
-        low = out.low_res_logits[:, 1:].reshape(-1, *out.low_res_logits.shape[2:])
-        pts = np.repeat(batch_points, 3, axis=0)
-        keep = ious > params.pred_iou_thresh if params.pred_iou_thresh > 0 else slice(None)
-        ious, low, pts = ious[keep], low[keep], pts[keep]
-        if len(ious) == 0:
-            continue
-        logits = model.upscale(low, input_size, (crop_h, crop_w))
-        stability = amg.calculate_stability_score(
-            logits, MASK_THRESHOLD, params.stability_score_offset
+        part = _process_batch(
+            model, embedding, batch_coords, batch_points, input_size, crop_box, orig_size, params
         )
-        if params.stability_score_thresh > 0:
-            keep = stability >= params.stability_score_thresh
-            logits, ious, pts, stability = logits[keep], ious[keep], pts[keep], stability[keep]
-        masks = logits > MASK_THRESHOLD
-        boxes = amg.batched_mask_to_box(masks)
-        keep = ~amg.is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
-        parts.append(
-            ChipMasks(
-                masks[keep],
-                boxes[keep],
-                ious[keep].astype(np.float32),
-                stability[keep].astype(np.float32),
-                pts[keep],
-                np.tile(np.asarray(crop_box, np.int64), (int(keep.sum()), 1)),
-            )
-        )
+        if part is not None:
+            parts.append(part)
     if not parts:
         return ChipMasks.empty(orig_h, orig_w)
     data = _nms_parts(parts, params.chip_nms_thr)
@@ -163,6 +136,48 @@ def process_crop(
         data.stability_score,
         amg.uncrop_points(data.points, crop_box),
         data.crop_boxes,
+    )
+
+
+def _process_batch(
+    model: SegmentationModel,
+    embedding: NDArray[np.float32],
+    batch_coords: NDArray[np.float64],
+    batch_points: NDArray[np.float64],
+    input_size: tuple[int, int],
+    crop_box: NDArray[np.int64],
+    orig_size: tuple[int, int],
+    params: AmgParams,
+) -> ChipMasks | None:
+    """One batch of grid points: decode, filter on low-res data, upsample survivors only."""
+    n = len(batch_coords)
+    crop_h, crop_w = int(crop_box[3] - crop_box[1]), int(crop_box[2] - crop_box[0])
+    sam_coords = np.zeros((n, 2, 2), np.float32)
+    sam_coords[:, 0] = batch_coords
+    labels = np.tile(np.array([[1.0, -1.0]], np.float32), (n, 1))
+    out = model.decode(embedding, sam_coords, labels)
+    ious = out.iou_predictions[:, 1:].reshape(-1)  # the three multimask outputs
+    low = out.low_res_logits[:, 1:].reshape(-1, *out.low_res_logits.shape[2:])
+    pts = np.repeat(batch_points, 3, axis=0)
+    keep = ious > params.pred_iou_thresh if params.pred_iou_thresh > 0 else slice(None)
+    ious, low, pts = ious[keep], low[keep], pts[keep]
+    if len(ious) == 0:
+        return None
+    logits = model.upscale(low, input_size, (crop_h, crop_w))
+    stability = amg.calculate_stability_score(logits, MASK_THRESHOLD, params.stability_score_offset)
+    if params.stability_score_thresh > 0:
+        keep = stability >= params.stability_score_thresh
+        logits, ious, pts, stability = logits[keep], ious[keep], pts[keep], stability[keep]
+    masks = logits > MASK_THRESHOLD
+    boxes = amg.batched_mask_to_box(masks)
+    keep = ~amg.is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
+    return ChipMasks(
+        masks[keep],
+        boxes[keep],
+        ious[keep].astype(np.float32),
+        stability[keep].astype(np.float32),
+        pts[keep],
+        np.tile(np.asarray(crop_box, np.int64), (int(keep.sum()), 1)),
     )
 
 
@@ -240,7 +255,7 @@ def generate_chip_masks(
         scores = (1.0 / amg.box_area(data.crop_boxes.astype(np.float32))).astype(np.float32)
         data = data.subset(amg.nms(data.boxes.astype(np.float32), scores, params.crop_nms_thr))
     if params.min_mask_region_area > 0 and len(data) > 0:
-        cleaned = amg.postprocess_small_regions(
+        cleaned = regions.postprocess_small_regions(
             data.masks,
             params.min_mask_region_area,
             max(params.chip_nms_thr, params.crop_nms_thr),

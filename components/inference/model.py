@@ -26,7 +26,7 @@ from components.core.radiometry import PAD_RGB
 from components.errors import InputError
 
 if TYPE_CHECKING:
-    from components.io.registry import ResolvedModel
+    from components.io.model_files import ResolvedModel
 
 NUM_MASKS = 4
 """Decoder outputs per prompt set: index 0 single-mask, 1-3 multimask."""

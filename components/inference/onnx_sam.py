@@ -21,7 +21,7 @@ from components.errors import InputError
 from components.inference.model import DecoderOutput
 
 if TYPE_CHECKING:
-    from components.io.registry import ResolvedModel
+    from components.io.model_files import ResolvedModel
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 PROVIDERS_ENV = "S2SAM_ORT_PROVIDERS"

@@ -44,7 +44,6 @@ from components.core.scene_choice import (
     NoSceneError,
     SkyStats,
     TileItem,
-    TimeRange,
     cover_area,
     group_acquisitions,
     rejection,
@@ -52,6 +51,7 @@ from components.core.scene_choice import (
     select_scenes,
     sky_from_counts,
 )
+from components.core.search import TimeRange
 from components.errors import InputError
 from components.io.files import atomic_write_text
 from components.io.mosaic import STRIP_ROWS, MosaicReader, check_assets, n_strips
@@ -207,8 +207,20 @@ def ingest_s2(
     for candidate, reason in selection.rejected:
         logger.info("skipping %s: %s", candidate.acquisition.key, reason)
 
+    return write_scenes(params, grid, candidates, selection.selected, out, report)
+
+
+def write_scenes(
+    params: IngestParams,
+    grid: Grid,
+    candidates: Sequence[Candidate],
+    selected: Sequence[Candidate],
+    out: Path,
+    report: ProgressCallback,
+) -> IngestResult:
+    """Write each selected acquisition as a COG, then the manifest (last: it lists them)."""
     out.mkdir(parents=True, exist_ok=True)
-    total_steps = len(selection.selected) * len(params.search.bands) * n_strips(grid)
+    total_steps = len(selected) * len(params.search.bands) * n_strips(grid)
     done = [0]
 
     def step() -> None:
@@ -216,12 +228,9 @@ def ingest_s2(
         report("read", done[0], total_steps)
 
     records = tuple(
-        write_scene(out / f"{c.acquisition.key}.tif", c, grid, params, step)
-        for c in selection.selected
+        write_scene(out / f"{c.acquisition.key}.tif", c, grid, params, step) for c in selected
     )
-    manifest = build_manifest(
-        params, grid, records, candidates, {id(c) for c in selection.selected}
-    )
+    manifest = build_manifest(params, grid, records, candidates, {id(c) for c in selected})
     manifest_path = out / MANIFEST_NAME
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return IngestResult(manifest_path, grid, params.search.bands, records)

@@ -176,19 +176,8 @@ def write_outputs(
     work = Path(tempfile.mkdtemp(prefix=".s2sam-", dir=output_dir))
     try:
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        tags = {
-            "s2sam_version": __version__,
-            "s2sam_mode": mode,
-            "s2sam_created": created,
-            "s2sam_parameters": json.dumps(parameters, sort_keys=True, default=str),
-            "s2sam_source": str(scene.path),
-            **{f"s2sam_{k}": str(v) for k, v in lineage.items()},
-        }
-        for key in ("datetime", "item_ids", "tiles", "processing_baseline"):
-            if key in scene.tags:
-                tags[f"source_{key}"] = scene.tags[key]
         cog = work / SEGMENTATION
-        _write_cog(cog, layout, scene, tags)
+        _write_cog(cog, layout, scene, _cog_tags(scene, lineage, mode, parameters, created))
         n_polygons = _write_polygons(work / POLYGONS, layout, scene, cog, lineage)
         _write_quicklook(work / QUICKLOOK, layout, scene, scaling, cog)
         summary = {
@@ -217,3 +206,21 @@ def write_outputs(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def _cog_tags(
+    scene: SceneInfo, lineage: dict[str, Any], mode: str, parameters: dict[str, Any], created: str
+) -> dict[str, str]:
+    """What the segmentation COG says about how it was made, and from which scene."""
+    tags = {
+        "s2sam_version": __version__,
+        "s2sam_mode": mode,
+        "s2sam_created": created,
+        "s2sam_parameters": json.dumps(parameters, sort_keys=True, default=str),
+        "s2sam_source": str(scene.path),
+        **{f"s2sam_{k}": str(v) for k, v in lineage.items()},
+    }
+    for key in ("datetime", "item_ids", "tiles", "processing_baseline"):
+        if key in scene.tags:
+            tags[f"source_{key}"] = scene.tags[key]
+    return tags

@@ -20,7 +20,7 @@ from rasterio.windows import Window
 
 from components.core.chips import Chip
 from components.core.radiometry import PAD_RGB, RgbScaling, StretchMode, scene_rgb_scaling, to_rgb
-from components.core.scene_choice import DEFAULT_BANDS
+from components.core.search import DEFAULT_BANDS
 from components.errors import InputError
 from components.io.files import file_sha256
 

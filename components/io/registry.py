@@ -22,21 +22,25 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from components.errors import IntegrityError, ModelNotFoundError, ServiceError
-from components.io.files import cache_dir, data_dir, file_sha256
+from components.errors import ModelNotFoundError, ServiceError
+from components.io.files import cache_dir, data_dir
+from components.io.model_files import (
+    ResolvedModel,
+    cached_copy,
+    manifest_digests,
+    open_model_directory,
+    read_manifest,
+    verify_files,
+)
 from components.version import __version__
 
 DEFAULT_ALIAS = "champion"
 EXPERIMENT = "s2sam-model-export"
-MANIFEST_NAME = "s2sam_model.json"
-MANIFEST_FORMAT = "s2sam-sam-onnx/1"
 ARTIFACT_PATH = "model"
 TAG_KIND = "s2sam.kind"
 KIND = "sam-onnx"
@@ -114,17 +118,6 @@ class RegisteredVersion:
         return f"models:/{self.name}/{self.version}"
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """The manifest of an exported model directory; :class:`ModelNotFoundError` if not one."""
-    path = Path(directory) / MANIFEST_NAME
-    if not path.is_file():
-        raise ModelNotFoundError(f"{directory} is not an exported s2sam model: no {MANIFEST_NAME}")
-    manifest: dict[str, Any] = json.loads(path.read_text())
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ModelNotFoundError(f"{path}: unknown model format {manifest.get('format')!r}")
-    return manifest
-
-
 def _version_tags(manifest: dict[str, Any]) -> dict[str, str]:
     weights = manifest["weights"]
     tags = {
@@ -168,52 +161,17 @@ def register_model(
     ``champion`` that production runs resolve by default.
     """
     manifest = read_manifest(export_dir)
-    _verify_files(
-        Path(export_dir), {k: v["sha256"] for k, v in manifest["files"].items()}, str(export_dir)
-    )
+    verify_files(Path(export_dir), manifest_digests(manifest), str(export_dir))
     name = model_name or default_model_name(manifest["model_type"])
     uri = tracking or tracking_uri()
     mlflow_client = client(uri)
-    experiment_id = _experiment_id(mlflow_client, uri)
-    run = mlflow_client.create_run(
-        experiment_id,
-        run_name=f"export-{manifest['model_type']}",
-        tags={TAG_KIND: KIND, "s2sam.model_type": manifest["model_type"]},
-    )
-    run_id = run.info.run_id
-    try:
-        arch = manifest["architecture"]
-        for key in ("encoder_embed_dim", "encoder_depth", "prompt_embed_dim", "image_size"):
-            mlflow_client.log_param(run_id, key, arch[key])
-        mlflow_client.log_param(run_id, "weights", manifest["weights"]["kind"])
-        for report in manifest.get("parity", []):
-            graph = str(report["graph"]).removesuffix(".onnx")
-            mlflow_client.log_metric(
-                run_id, f"parity_{graph}_mask_agreement_min", report["mask_agreement_min"]
-            )
-            mlflow_client.log_metric(
-                run_id, f"parity_{graph}_embedding_max_abs_error", report["embedding_max_abs_error"]
-            )
-        mlflow_client.log_artifacts(run_id, str(export_dir), artifact_path=ARTIFACT_PATH)
-        mlflow_client.set_terminated(run_id)
-    except BaseException:
-        mlflow_client.set_terminated(run_id, status="FAILED")
-        raise
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow_client.get_registered_model(name)
-    except MlflowException:
-        mlflow_client.create_registered_model(
-            name,
-            tags={TAG_KIND: KIND, "s2sam.model_type": manifest["model_type"]},
-            description=f"SAM {manifest['model_type']} as ONNX encoder/decoder (s2-sam-pipelines)",
-        )
+    run = _log_export_run(mlflow_client, uri, export_dir, manifest)
+    _ensure_registered_model(mlflow_client, name, manifest["model_type"])
     weights = manifest["weights"]
     version = mlflow_client.create_model_version(
         name,
         source=f"{run.info.artifact_uri}/{ARTIFACT_PATH}",
-        run_id=run_id,
+        run_id=run.info.run_id,
         tags=_version_tags(manifest),
         description=(
             f"{manifest['model_type']} weights={weights['kind']} ({weights['source']}), "
@@ -230,81 +188,47 @@ def register_model(
         )
     if set_alias:
         mlflow_client.set_registered_model_alias(name, set_alias, version.version)
-    return RegisteredVersion(name, str(version.version), set_alias, run_id, note)
+    return RegisteredVersion(name, str(version.version), set_alias, run.info.run_id, note)
 
 
-# ---------------------------------------------------------------------------
-# Resolution
+def _log_export_run(
+    mlflow_client: Any, uri: str, export_dir: Path, manifest: dict[str, Any]
+) -> Any:
+    """An MLflow run holding the exported files, the architecture and the parity figures."""
+    run = mlflow_client.create_run(
+        _experiment_id(mlflow_client, uri),
+        run_name=f"export-{manifest['model_type']}",
+        tags={TAG_KIND: KIND, "s2sam.model_type": manifest["model_type"]},
+    )
+    run_id = run.info.run_id
+    try:
+        arch = manifest["architecture"]
+        for key in ("encoder_embed_dim", "encoder_depth", "prompt_embed_dim", "image_size"):
+            mlflow_client.log_param(run_id, key, arch[key])
+        mlflow_client.log_param(run_id, "weights", manifest["weights"]["kind"])
+        for report in manifest.get("parity", []):
+            graph = str(report["graph"]).removesuffix(".onnx")
+            for key in ("mask_agreement_min", "embedding_max_abs_error"):
+                mlflow_client.log_metric(run_id, f"parity_{graph}_{key}", report[key])
+        mlflow_client.log_artifacts(run_id, str(export_dir), artifact_path=ARTIFACT_PATH)
+        mlflow_client.set_terminated(run_id)
+    except BaseException:
+        mlflow_client.set_terminated(run_id, status="FAILED")
+        raise
+    return run
 
 
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A verified local copy of one model version."""
+def _ensure_registered_model(mlflow_client: Any, name: str, model_type: str) -> None:
+    from mlflow.exceptions import MlflowException
 
-    name: str
-    """Registered model name, or ``"local"`` for a directory."""
-    version: str | None
-    uri: str
-    """What was asked for (``models:/...@alias``, ``models:/.../3`` or a path)."""
-    directory: Path
-    manifest: dict[str, Any]
-
-    def graph(self, key: str) -> Path | None:
-        """Path of a graph by manifest key (``encoder``, ``decoder``, ...), if present."""
-        info = self.manifest["graphs"].get(key)
-        return None if info is None else self.directory / info["file"]
-
-    @property
-    def encoder(self) -> Path:
-        """The fp32 encoder graph."""
-        path = self.graph("encoder")
-        assert path is not None
-        return path
-
-    @property
-    def decoder(self) -> Path:
-        """The decoder graph with chip-resolution logits."""
-        path = self.graph("decoder")
-        assert path is not None
-        return path
-
-    @property
-    def decoder_lowres(self) -> Path:
-        """The decoder graph that stops at low-resolution logits."""
-        path = self.graph("decoder_lowres")
-        assert path is not None
-        return path
-
-    @property
-    def model_type(self) -> str:
-        """Architecture name, e.g. ``vit_b``."""
-        return str(self.manifest["model_type"])
-
-    @property
-    def lineage(self) -> dict[str, Any]:
-        """What every output records about the model that made it."""
-        return {
-            "model_name": self.name,
-            "model_version": self.version,
-            "model_uri": self.uri,
-            "model_type": self.model_type,
-            "weights": self.manifest["weights"]["kind"],
-            "encoder_sha256": self.manifest["files"][self.encoder.name]["sha256"],
-        }
-
-
-def _verify_files(directory: Path, expected: dict[str, str], what: str) -> None:
-    """Check every expected file's sha256; the first mismatch or absence is an error."""
-    for name, sha in sorted(expected.items()):
-        path = directory / name
-        if not path.is_file():
-            raise IntegrityError(f"{what}: file {name} is missing")
-        actual = file_sha256(path)
-        if actual != sha:
-            raise IntegrityError(
-                f"{what}: file {name} has sha256 {actual}, but the registry says {sha}; "
-                "refusing to use it (the stored model was modified or corrupted)"
-            )
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        mlflow_client.create_registered_model(
+            name,
+            tags={TAG_KIND: KIND, "s2sam.model_type": model_type},
+            description=f"SAM {model_type} as ONNX encoder/decoder (s2-sam-pipelines)",
+        )
 
 
 def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
@@ -358,14 +282,10 @@ def resolve_model(
     """
     local = Path(model_uri).expanduser()
     if "://" not in model_uri and local.is_dir():
-        manifest = read_manifest(local)
-        expected = {k: v["sha256"] for k, v in manifest["files"].items()}
-        _verify_files(local, expected, f"model directory {local}")
-        return ResolvedModel("local", None, str(local.resolve()), local.resolve(), manifest)
+        return open_model_directory(local)
     name, alias, version = parse_model_uri(model_uri)
     uri = tracking or tracking_uri()
-    mlflow_client = client(uri)
-    mv = _get_version(mlflow_client, name, alias, version)
+    mv = _get_version(client(uri), name, alias, version)
     tags = dict(mv.tags or {})
     if tags.get(TAG_KIND) != KIND:
         raise ModelNotFoundError(
@@ -373,35 +293,21 @@ def resolve_model(
         )
     expected = {k.removeprefix(TAG_SHA): v for k, v in tags.items() if k.startswith(TAG_SHA)}
     what = f"model {name} version {mv.version} ({model_uri})"
-    target = (cache or cache_dir()) / "models" / name / str(mv.version)
-    if target.exists():
-        try:
-            _verify_files(target, expected, what)
-        except IntegrityError:
-            shutil.rmtree(target)  # a damaged cache copy: fetch it again
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=target.parent))
-        try:
-            from mlflow.artifacts import download_artifacts
 
-            try:
-                fetched = Path(
-                    download_artifacts(
-                        artifact_uri=mv.source, dst_path=str(staging), tracking_uri=uri
-                    )
-                )
-            except Exception as err:  # mlflow raises per store type; say what and where
-                raise ServiceError(
-                    f"{what}: could not download its files from {mv.source}: {err}"
-                ) from err
-            _verify_files(fetched, expected, what)
-            os.replace(fetched, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    manifest = read_manifest(target)
-    if {k: v["sha256"] for k, v in manifest["files"].items()} != expected:
-        raise IntegrityError(f"{what}: its manifest does not match the registry's sha256 tags")
+    def download(staging: Path) -> Path:
+        from mlflow.artifacts import download_artifacts
+
+        try:
+            return Path(
+                download_artifacts(artifact_uri=mv.source, dst_path=str(staging), tracking_uri=uri)
+            )
+        except Exception as err:  # mlflow raises per store type; say what and where
+            raise ServiceError(
+                f"{what}: could not download its files from {mv.source}: {err}"
+            ) from err
+
+    target = (cache or cache_dir()) / "models" / name / str(mv.version)
+    manifest = cached_copy(target, expected, what, download)
     return ResolvedModel(name, str(mv.version), model_uri, target, manifest)
 
 

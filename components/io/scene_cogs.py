@@ -27,7 +27,8 @@ from rasterio.windows import Window
 
 from components.core.area import Grid
 from components.core.radiometry import NODATA_DN, boa_add_offset, parse_baseline
-from components.core.scene_choice import BAND_RESOLUTION, Candidate, common_offset
+from components.core.scene_choice import Candidate, common_offset
+from components.core.search import BAND_RESOLUTION
 from components.errors import InputError
 from components.io.mosaic import GDAL_CACHE_MB, STRIP_ROWS, MosaicReader, check_assets
 from components.version import __version__
@@ -86,79 +87,21 @@ def write_scene(
     baselines = [t.processing_baseline for t in tiles]
     offset = common_offset(baselines)
     newest = max(baselines, key=parse_baseline)
-    shifts = [(boa_add_offset(b), offset) for b in baselines]
-    acquisition = candidate.acquisition
-    tags = {
-        "datetime": acquisition.datetime.isoformat().replace("+00:00", "Z"),
-        "acquisition": acquisition.key,
-        "platform": acquisition.platform,
-        "relative_orbit": ""
-        if acquisition.relative_orbit is None
-        else str(acquisition.relative_orbit),
-        "item_ids": ",".join(t.id for t in tiles),
-        "tiles": ",".join(t.mgrs_tile for t in tiles),
-        "processing_baseline": newest,
-        "processing_baselines": ",".join(baselines),
-        "boa_add_offset": str(offset),
-        "reflectance": f"(DN + {offset}) / 10000; DN 0 is nodata",
-        "cloud_fraction": f"{candidate.sky.cloud_fraction:.6f}",
-        "nodata_fraction": f"{candidate.sky.nodata_fraction:.6f}",
-        "bands": ",".join(params.search.bands),
-        "collection": params.search.collection,
-        "generator": f"s2sam {__version__}",
-    }
     part = path.with_name(f".{path.name}.{os.getpid()}.part")
     cog = path.with_name(f".{path.name}.{os.getpid()}.cog")
-    profile = {
-        "driver": "GTiff",
-        "width": grid.width,
-        "height": grid.height,
-        "count": len(params.search.bands),
-        "dtype": "uint16",
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "nodata": NODATA_DN,
-        "tiled": True,
-        "blockxsize": 512,
-        "blockysize": 512,
-        "compress": "ZSTD",
-        "zstd_level": 1,
-        "predictor": 2,
-        "interleave": "pixel",
-        "bigtiff": "IF_SAFER",
-    }
     try:
-        resampling = Resampling[params.search.resampling]
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
-            dst = stack.enter_context(rasterio.open(part, "w", **profile))
-            mosaics = [
-                stack.enter_context(
-                    MosaicReader(tiles, band, grid, params.network, resampling, shifts)
-                )
-                for band in params.search.bands
-            ]
-            # All bands of a strip at once: each pixel-interleaved block is written once.
-            for row in range(0, grid.height, STRIP_ROWS):
-                height = min(STRIP_ROWS, grid.height - row)
-                strip = np.empty((len(params.search.bands), height, grid.width), dtype=np.uint16)
-                for k, mosaic in enumerate(mosaics):
-                    strip[k] = mosaic.read(row, height)
-                    step()
-                dst.write(strip, window=Window(0, row, grid.width, height))
-            for index, band in enumerate(params.search.bands, start=1):
-                dst.set_band_description(index, band)
-                dst.update_tags(index, band=band, native_resolution_m=str(BAND_RESOLUTION[band]))
-            dst.update_tags(**tags)
+        shifts = [(boa_add_offset(b), offset) for b in baselines]
+        tags = _scene_tags(candidate, params, baselines, offset)
+        _write_strips(part, candidate, grid, params, shifts, tags, step)
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             rasterio.shutil.copy(part, cog, driver="COG", **COG_OPTIONS)
         os.replace(cog, path)
     finally:
         part.unlink(missing_ok=True)
         cog.unlink(missing_ok=True)
-    logger.info(
-        "wrote %s (%d x %d px, %s)", path, grid.width, grid.height, ",".join(params.search.bands)
-    )
+    bands = ",".join(params.search.bands)
+    logger.info("wrote %s (%d x %d px, %s)", path, grid.width, grid.height, bands)
+    acquisition = candidate.acquisition
     return SceneRecord(
         path=path,
         key=acquisition.key,
@@ -172,6 +115,92 @@ def write_scene(
     )
 
 
+def _write_strips(
+    part: Path,
+    candidate: Candidate,
+    grid: Grid,
+    params: IngestParams,
+    shifts: Sequence[tuple[int, int]],
+    tags: dict[str, str],
+    step: Callable[[], None],
+) -> None:
+    """Mosaic every band onto ``grid`` strip by strip into a tiled GeoTIFF at ``part``."""
+    bands = params.search.bands
+    resampling = Resampling[params.search.resampling]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        dst = stack.enter_context(rasterio.open(part, "w", **_strip_profile(grid, len(bands))))
+        mosaics = [
+            stack.enter_context(
+                MosaicReader(candidate.cover.tiles, band, grid, params.network, resampling, shifts)
+            )
+            for band in bands
+        ]
+        # All bands of a strip at once: each pixel-interleaved block is written once.
+        for row in range(0, grid.height, STRIP_ROWS):
+            height = min(STRIP_ROWS, grid.height - row)
+            strip = np.empty((len(bands), height, grid.width), dtype=np.uint16)
+            for k, mosaic in enumerate(mosaics):
+                strip[k] = mosaic.read(row, height)
+                step()
+            dst.write(strip, window=Window(0, row, grid.width, height))
+        for index, band in enumerate(bands, start=1):
+            dst.set_band_description(index, band)
+            dst.update_tags(index, band=band, native_resolution_m=str(BAND_RESOLUTION[band]))
+        dst.update_tags(**tags)
+
+
+def _strip_profile(grid: Grid, count: int) -> dict[str, Any]:
+    """The temporary GeoTIFF: tiled, pixel-interleaved, fast to write (ZSTD level 1)."""
+    return {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": count,
+        "dtype": "uint16",
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "nodata": NODATA_DN,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "ZSTD",
+        "zstd_level": 1,
+        "predictor": 2,
+        "interleave": "pixel",
+        "bigtiff": "IF_SAFER",
+    }
+
+
+def _scene_tags(
+    candidate: Candidate, params: IngestParams, baselines: Sequence[str], offset: int
+) -> dict[str, str]:
+    """What a scene COG says about itself: acquisition, items, baselines, clouds."""
+    acquisition, tiles = candidate.acquisition, candidate.cover.tiles
+    orbit = acquisition.relative_orbit
+    return {
+        "datetime": _utc(acquisition.datetime),
+        "acquisition": acquisition.key,
+        "platform": acquisition.platform,
+        "relative_orbit": "" if orbit is None else str(orbit),
+        "item_ids": ",".join(t.id for t in tiles),
+        "tiles": ",".join(t.mgrs_tile for t in tiles),
+        "processing_baseline": max(baselines, key=parse_baseline),
+        "processing_baselines": ",".join(baselines),
+        "boa_add_offset": str(offset),
+        "reflectance": f"(DN + {offset}) / 10000; DN 0 is nodata",
+        "cloud_fraction": f"{candidate.sky.cloud_fraction:.6f}",
+        "nodata_fraction": f"{candidate.sky.nodata_fraction:.6f}",
+        "bands": ",".join(params.search.bands),
+        "collection": params.search.collection,
+        "generator": f"s2sam {__version__}",
+    }
+
+
+def _utc(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
 def build_manifest(
     params: IngestParams,
     grid: Grid,
@@ -180,22 +209,23 @@ def build_manifest(
     selected: set[int],
 ) -> dict[str, Any]:
     """The manifest: the search, the grid, each scene written and each one screened."""
+    search = params.search
     return {
         "manifest_version": MANIFEST_VERSION,
         "generator": f"s2sam {__version__}",
-        "created": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "created": _utc(datetime.now(timezone.utc)),
         "search": {
             "stac_url": params.stac_url,
-            "collection": params.search.collection,
+            "collection": search.collection,
             "bbox": list(params.area.bbox),
             "datetime": params.time_range.to_stac(),
-            "max_cloud_cover": params.search.max_cloud_cover,
+            "max_cloud_cover": search.max_cloud_cover,
         },
         "selection": {
-            "strategy": params.search.strategy,
-            "max_scenes": params.search.max_scenes,
-            "max_roi_cloud_fraction": params.search.max_roi_cloud_fraction,
-            "max_roi_nodata_fraction": params.search.max_roi_nodata_fraction,
+            "strategy": search.strategy,
+            "max_scenes": search.max_scenes,
+            "max_roi_cloud_fraction": search.max_roi_cloud_fraction,
+            "max_roi_nodata_fraction": search.max_roi_nodata_fraction,
         },
         "area": {"geometry": params.area.to_geojson(), "area_km2": params.area.area_km2},
         "grid": {
@@ -204,37 +234,39 @@ def build_manifest(
             "width": grid.width,
             "height": grid.height,
             "resolution_m": grid.resolution,
-            "margin_m": params.search.margin_m,
+            "margin_m": search.margin_m,
         },
-        "bands": list(params.search.bands),
+        "bands": list(search.bands),
         "dtype": "uint16",
         "nodata": NODATA_DN,
-        "scenes": [
-            {
-                "file": record.path.name,
-                "acquisition": record.key,
-                "datetime": record.datetime.isoformat().replace("+00:00", "Z"),
-                "item_ids": list(record.item_ids),
-                "tiles": list(record.tiles),
-                "processing_baseline": record.processing_baseline,
-                "boa_add_offset": record.boa_add_offset,
-                "cloud_fraction": record.cloud_fraction,
-                "nodata_fraction": record.nodata_fraction,
-            }
-            for record in records
-        ],
-        "screened": [
-            {
-                "acquisition": c.acquisition.key,
-                "datetime": c.acquisition.datetime.isoformat().replace("+00:00", "Z"),
-                "tiles": [t.mgrs_tile for t in c.cover.tiles],
-                "coverage": c.cover.coverage,
-                "cloud_fraction": c.sky.cloud_fraction,
-                "nodata_fraction": c.sky.nodata_fraction,
-                "selected": id(c) in selected,
-            }
-            for c in candidates
-        ],
+        "scenes": [_scene_entry(record) for record in records],
+        "screened": [_screened_entry(c, id(c) in selected) for c in candidates],
+    }
+
+
+def _scene_entry(record: SceneRecord) -> dict[str, Any]:
+    return {
+        "file": record.path.name,
+        "acquisition": record.key,
+        "datetime": _utc(record.datetime),
+        "item_ids": list(record.item_ids),
+        "tiles": list(record.tiles),
+        "processing_baseline": record.processing_baseline,
+        "boa_add_offset": record.boa_add_offset,
+        "cloud_fraction": record.cloud_fraction,
+        "nodata_fraction": record.nodata_fraction,
+    }
+
+
+def _screened_entry(candidate: Candidate, selected: bool) -> dict[str, Any]:
+    return {
+        "acquisition": candidate.acquisition.key,
+        "datetime": _utc(candidate.acquisition.datetime),
+        "tiles": [t.mgrs_tile for t in candidate.cover.tiles],
+        "coverage": candidate.cover.coverage,
+        "cloud_fraction": candidate.sky.cloud_fraction,
+        "nodata_fraction": candidate.sky.nodata_fraction,
+        "selected": selected,
     }
 
 

@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from components.core.params import Mode, PipelineRequest, to_json
-from components.core.prompts import parse_prompts
-from components.core.scene_choice import TimeRange
+from components.core.params import Mode, PipelineRequest
+from components.core.prompt_geojson import parse_prompts
+from components.core.records import to_json
+from components.core.search import TimeRange
 from components.errors import InputError
 from components.io.ingest import ingest_params
 from components.io.registry import parse_model_uri

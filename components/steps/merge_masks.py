@@ -18,7 +18,8 @@ from typing import Any
 
 from components.core.chips import ChipGrid, chip_grid
 from components.core.merge import SceneMask
-from components.core.params import PipelineRequest, SegmentationSettings, from_json
+from components.core.params import PipelineRequest
+from components.core.records import from_json
 from components.inference.shard import RunStats
 from components.inference.strategy import scene_strategy
 from components.io.outputs import POLYGONS, QUICKLOOK, OutputFiles, write_outputs
@@ -39,20 +40,23 @@ class MergedScene:
 def merge_scene(
     plan: ScenePlan,
     masks: Sequence[SceneMask],
-    settings: SegmentationSettings,
+    shard: ShardPlan,
     *,
     root: Path,
     prompts: str,
-    chip_size: int,
     lineage: Mapping[str, Any],
     output_dir: Path,
     stats: RunStats | None = None,
-    extra_parameters: Mapping[str, Any] | None = None,
 ) -> MergedScene:
-    """Merge one scene's chip masks and write its outputs into ``output_dir``."""
+    """Merge one scene's chip masks and write its outputs into ``output_dir``.
+
+    ``shard`` gives the run's settings and chip size (any shard of the run will do);
+    ``root`` is the scenes folder as this task sees it.
+    """
+    settings = shard.settings
     scene = open_planned_scene(plan, settings, root)
     strategy = scene_strategy(settings, prompts, scene)
-    grid = chip_grid(scene.height, scene.width, chip_size, settings.spatial_overlap)
+    grid = chip_grid(scene.height, scene.width, shard.chip_size, settings.spatial_overlap)
     merged = strategy.merge(masks, grid)
     stats = stats or RunStats(chips_total=len(plan.chips))
     stats.chips_without_prompts = len(grid) - len(plan.chips)  # never read nor encoded
@@ -65,7 +69,7 @@ def merge_scene(
         dict(lineage),
         output_dir,
         mode=strategy.mode,
-        parameters={**settings.parameters(), **(extra_parameters or {})},
+        parameters=settings.parameters(),
         run={
             "chips": len(grid),
             "dropped_prompts": [asdict(d) for d in strategy.dropped],
@@ -101,10 +105,9 @@ def merge_shards(
     """
     summaries = []
     for plan in scene_plans(shards):
-        settings, chip_size = shards[0].settings, shards[0].chip_size
         merged = merge_scene(
-            plan, masks.get(plan.acquisition, []), settings, root=root, prompts=prompts,
-            chip_size=chip_size, lineage=lineage, output_dir=output_dir / plan.acquisition,
+            plan, masks.get(plan.acquisition, []), shards[0], root=root, prompts=prompts,
+            lineage=lineage, output_dir=output_dir / plan.acquisition,
         )  # fmt: skip
         summary = json.loads(merged.files.summary.read_text())
         summary["acquisition"] = plan.acquisition

@@ -16,14 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from components.core.chips import chip_grid, shard_chips
-from components.core.params import (
-    PipelineRequest,
-    SegmentationSettings,
-    from_json,
-    from_record,
-    to_record,
-)
+from components.core.params import PipelineRequest, SegmentationSettings
 from components.core.radiometry import RgbScaling
+from components.core.records import from_json, from_record, to_record
 from components.errors import InputError
 from components.inference.strategy import SceneStrategy, scene_strategy
 from components.io.raster import SceneInfo, open_scene, scene_fingerprint, scene_scaling

@@ -28,7 +28,7 @@ from components.core.params import (
     SegmentationSettings,
     text_list,
 )
-from components.core.scene_choice import TimeRange, parse_bands, resolve_time_range
+from components.core.search import TimeRange, parse_bands, resolve_time_range
 
 NOT_PARAMETERS = frozenset({"pc_key"})
 """Pipeline parameters that never enter the request (secrets go straight to their task)."""

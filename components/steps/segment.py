@@ -1,8 +1,8 @@
 """``segment``: SAM over one shard of chips, the inference task of both pipelines.
 
 :func:`segment_shard` runs in memory (a local run is one shard); the KFP task writes
-its masks as gzipped JSON lines of COCO RLE records (:func:`write_masks`) that the
-merge reads back (:func:`read_masks`).
+its masks as gzipped JSON lines of COCO RLE records (:func:`write_masks`, one record
+per mask: :func:`mask_to_record`) that the merge reads back (:func:`read_masks`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import rasterio
+from pycocotools import mask as mask_utils
 
 from components.core.chips import chip_grid
-from components.core.merge import SceneMask, mask_from_record, mask_to_record
+from components.core.merge import SceneMask
 from components.inference.embeddings import EmbeddingCache
 from components.inference.model import SegmentationModel, load_model
 from components.inference.shard import EncoderSettings, Progress, RunStats, segment_chips
@@ -77,6 +79,36 @@ def segment_shard(
             result.masks.setdefault(entry.acquisition, []).extend(masks)
             result.stats.add(stats)
     return result
+
+
+def mask_to_record(m: SceneMask) -> dict[str, Any]:
+    """JSON-able form of a mask (COCO RLE of its cropped pixels): what shards hand to the merge."""
+    rle = mask_utils.encode(np.asfortranarray(m.mask.astype(np.uint8)))
+    return {
+        "box": list(m.box),
+        "counts": rle["counts"].decode("ascii"),
+        "predicted_iou": m.predicted_iou,
+        "stability_score": m.stability_score,
+        "chips": list(m.chips),
+        "prompt_id": m.prompt_id,
+    }
+
+
+def mask_from_record(record: dict[str, Any]) -> SceneMask:
+    """Inverse of :func:`mask_to_record` (JSON numbers may come back as floats)."""
+    x0, y0, x1, y1 = (int(v) for v in record["box"])
+    rle = {"size": [y1 - y0, x1 - x0], "counts": record["counts"].encode("ascii")}
+    pid = record.get("prompt_id")
+    if isinstance(pid, float) and pid.is_integer():
+        pid = int(pid)
+    return SceneMask(
+        box=(x0, y0, x1, y1),
+        mask=mask_utils.decode(rle).astype(bool),
+        predicted_iou=float(record["predicted_iou"]),
+        stability_score=float(record["stability_score"]),
+        chips=tuple(int(c) for c in record["chips"]),
+        prompt_id=pid,
+    )
 
 
 def write_masks(result: ShardResult, path: Path) -> None:

@@ -66,18 +66,11 @@ def segment_raster(
         [source], settings, prompts=prompts, chip_size=model.image_size, model_uri=uri
     )
     result = segment_shard(shard, raster.parent, prompts, model=model, progress=progress)
+    lineage = {**model.lineage, "provider": model.provider}
     merged = merge_scene(
-        shard.scenes[0],
-        result.masks.get(source.acquisition, []),
-        settings,
-        root=raster.parent,
-        prompts=prompts,
-        chip_size=model.image_size,
-        lineage=model.lineage,
-        output_dir=Path(output_dir),
-        stats=result.stats,
-        extra_parameters={"model_uri": uri, "provider": model.provider},
-    )
+        shard.scenes[0], result.masks.get(source.acquisition, []), shard, root=raster.parent,
+        prompts=prompts, lineage=lineage, output_dir=Path(output_dir), stats=result.stats,
+    )  # fmt: skip
     summary = json.loads(merged.files.summary.read_text())
     return RasterResult(
         merged.files, summary, result.stats, model.lineage, merged.masks, merged.grid

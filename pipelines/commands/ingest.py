@@ -18,7 +18,8 @@ from types import TracebackType
 from typing import Any
 
 from components.core.params import RESAMPLINGS, DateWindow, PipelineRequest, SearchParams
-from components.core.scene_choice import DEFAULT_BANDS, STRATEGIES
+from components.core.scene_choice import STRATEGIES
+from components.core.search import DEFAULT_BANDS
 from components.io.network import NetworkOptions
 from pipelines.commands.options import add_field
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,18 @@ DEFAULT_EXPERIMENT = "s2sam"
 
 def register(subparsers: Any) -> None:
     """Add ``submit`` and ``schedule``."""
+    _register_submit(subparsers)
+    schedule = subparsers.add_parser(
+        "schedule",
+        help="recurring runs on Kubeflow Pipelines",
+        description="Create, list, pause, resume and delete KFP recurring runs.",
+    )
+    actions = schedule.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
+    _register_schedule_create(actions)
+    _register_schedule_management(actions)
+
+
+def _register_submit(subparsers: Any) -> None:
     submit = subparsers.add_parser(
         "submit",
         help="run a compiled pipeline on Kubeflow Pipelines",
@@ -55,12 +68,8 @@ def register(subparsers: Any) -> None:
     )
     submit.set_defaults(handler=_submit)
 
-    schedule = subparsers.add_parser(
-        "schedule",
-        help="recurring runs on Kubeflow Pipelines",
-        description="Create, list, pause, resume and delete KFP recurring runs.",
-    )
-    actions = schedule.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
+
+def _register_schedule_create(actions: Any) -> None:
     create = actions.add_parser(
         "create",
         help="run a pipeline on a cron schedule or interval over a moving time window",
@@ -99,19 +108,22 @@ def register(subparsers: Any) -> None:
     create.add_argument("--paused", action="store_true", help="create it disabled")
     create.set_defaults(handler=_schedule_create)
 
+
+def _register_schedule_management(actions: Any) -> None:
+    """``list``, ``pause``, ``resume`` and ``delete``: the recurring runs there are."""
     listing = actions.add_parser("list", help="list recurring runs")
     _connection_options(listing)
     listing.add_argument("--experiment", help="only this experiment's recurring runs")
     listing.set_defaults(handler=_schedule_list)
-    for action, verb, handler in (
-        ("pause", "pause (disable)", _schedule_pause),
-        ("resume", "resume (enable)", _schedule_resume),
-        ("delete", "delete (past runs stay)", _schedule_delete),
+    for action, verb in (
+        ("pause", "pause (disable)"),
+        ("resume", "resume (enable)"),
+        ("delete", "delete (past runs stay)"),
     ):
         parser = actions.add_parser(action, help=f"{verb} a recurring run")
         _connection_options(parser)
         parser.add_argument("recurring_run", metavar="ID_OR_NAME", help="id or unique name")
-        parser.set_defaults(handler=handler)
+        parser.set_defaults(handler=partial(_schedule_action, action=action))
 
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
@@ -201,7 +213,7 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
 
 def _prepare(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The package and its checked parameters, before any request."""
-    from pipelines.submission import (
+    from pipelines.compiled_package import (
         build_parameters,
         load_package,
         parse_param_flags,
@@ -218,7 +230,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipelines.submission import (
+    from pipelines.runs import (
         ensure_experiment,
         ensure_pipeline_version,
         run_body,
@@ -267,10 +279,9 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _schedule_create(args: argparse.Namespace) -> int:
-    from pipelines.submission import (
+    from pipelines.runs import ensure_experiment, ensure_pipeline_version
+    from pipelines.schedules import (
         Schedule,
-        ensure_experiment,
-        ensure_pipeline_version,
         interval_seconds,
         kfp_cron,
         parse_time,
@@ -321,7 +332,7 @@ def _schedule_create(args: argparse.Namespace) -> int:
 
 
 def _schedule_list(args: argparse.Namespace) -> int:
-    from pipelines.submission import describe_trigger, table
+    from pipelines.schedules import describe_trigger
 
     with _client(args) as client:
         experiment_id = None
@@ -349,12 +360,12 @@ def _schedule_list(args: argparse.Namespace) -> int:
                 str(r.get("created_at", "-"))[:19],
             )
         )
-    print(table(rows))
+    print(_table(rows))
     return 0
 
 
 def _schedule_action(args: argparse.Namespace, action: str) -> int:
-    from pipelines.submission import find_recurring_run
+    from pipelines.schedules import find_recurring_run
 
     with _client(args) as client:
         found = find_recurring_run(client, args.recurring_run)
@@ -369,23 +380,20 @@ def _schedule_action(args: argparse.Namespace, action: str) -> int:
     return 0
 
 
-def _schedule_pause(args: argparse.Namespace) -> int:
-    return _schedule_action(args, "pause")
-
-
-def _schedule_resume(args: argparse.Namespace) -> int:
-    return _schedule_action(args, "resume")
-
-
-def _schedule_delete(args: argparse.Namespace) -> int:
-    return _schedule_action(args, "delete")
-
-
 def _days(value: Any) -> str:
     """A lookback as ``7d`` (KFP may give numbers back as floats)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"{value:g}d"
     return "-"
+
+
+def _table(rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns."""
+    rows = [list(map(str, r)) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))] if rows else []
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def _say(message: str) -> None:

@@ -56,7 +56,9 @@ def register(subparsers: Any) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from model_export.architectures import get_architecture
+    from model_export.export import ExportOptions
     from model_export.register import export_and_register
+    from model_export.weights import WeightsSource
 
     get_architecture(args.model_type)  # unknown type: clear error before any work
     if args.seed is not None and not args.random_weights:
@@ -65,14 +67,11 @@ def _export(args: argparse.Namespace) -> int:
         raise InputError("--random-weights needs --seed N so the weights are reproducible")
     exported, registered = export_and_register(
         args.model_type,
-        checkpoint=args.checkpoint,
-        random_weights=args.random_weights,
-        seed=args.seed,
-        fp16=args.fp16,
+        WeightsSource(args.checkpoint, args.random_weights, args.seed),
+        ExportOptions(fp16=args.fp16, force_external_data=args.external_data),
         alias=args.alias,
         model_name=args.model_name,
         output_dir=args.output_dir,
-        force_external_data=args.external_data,
     )
     print(f"registered {registered.name} version {registered.version}")
     if registered.alias:

@@ -83,8 +83,8 @@ def register(subparsers: Any) -> None:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from pipelines.cluster_settings import ClusterSettings, load_cluster_settings
     from pipelines.compile import COMPILED_DIR, compile_pipelines
-    from pipelines.kubernetes import ClusterSettings, load_cluster_settings
 
     try:
         settings = load_cluster_settings(args.settings)

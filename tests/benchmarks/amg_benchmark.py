@@ -76,10 +76,10 @@ def main() -> None:
     from components.core.params import AmgParams
     from components.inference.automatic import generate_chip_masks
     from components.inference.onnx_sam import SamModel, cpu_count
-    from components.io.registry import read_manifest
+    from components.io.model_files import read_manifest
     from model_export.architectures import get_architecture
     from model_export.export import run_export
-    from model_export.weights import load_checkpoint, random_sam
+    from model_export.weights import WeightsSource, load_checkpoint, random_sam
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-type", default="vit_b")
@@ -99,9 +99,9 @@ def main() -> None:
     if not (export_dir / "s2sam_model.json").exists():
         started = time.perf_counter()
         if args.checkpoint:
-            run_export(args.model_type, export_dir, checkpoint=args.checkpoint)
+            run_export(args.model_type, export_dir, WeightsSource(checkpoint=args.checkpoint))
         else:
-            run_export(args.model_type, export_dir, random_weights=True, seed=0)
+            run_export(args.model_type, export_dir, WeightsSource(random_weights=True, seed=0))
         print(f"export + parity check: {time.perf_counter() - started:.0f} s")
     sam = load_checkpoint(args.checkpoint, arch) if args.checkpoint else random_sam(arch, 0)
     model = SamModel(export_dir, read_manifest(export_dir))

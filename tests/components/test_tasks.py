@@ -10,13 +10,8 @@ import pytest
 import rasterio
 
 from components import tasks
-from components.core.params import (
-    PIPELINE_PARAMETERS,
-    DateWindow,
-    PipelineRequest,
-    SearchParams,
-    to_json,
-)
+from components.core.params import PIPELINE_PARAMETERS, DateWindow, PipelineRequest, SearchParams
+from components.core.records import to_json
 from components.images import image
 from components.version import __version__
 from pipelines.definitions import DEFINITIONS

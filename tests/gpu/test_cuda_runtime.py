@@ -11,15 +11,18 @@ pytestmark = pytest.mark.skipif(
 
 from components.inference.model import prompt_arrays  # noqa: E402
 from components.inference.onnx_sam import SamModel  # noqa: E402
-from components.io.registry import read_manifest  # noqa: E402
+from components.io.model_files import read_manifest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def fp16_export(tmp_path_factory):
-    from model_export.export import run_export
+    from model_export.export import ExportOptions, run_export
+    from model_export.weights import WeightsSource
 
     out = tmp_path_factory.mktemp("gpu") / "model"
-    run_export("vit_tiny", out, random_weights=True, seed=0, fp16=True)
+    run_export(
+        "vit_tiny", out, WeightsSource(random_weights=True, seed=0), ExportOptions(fp16=True)
+    )
     return out
 
 

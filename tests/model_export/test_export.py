@@ -12,15 +12,12 @@ from segment_anything import SamPredictor
 
 from components.inference.onnx_sam import open_session
 from components.io.files import file_sha256
-from components.io.registry import MANIFEST_NAME, read_manifest
+from components.io.model_files import MANIFEST_NAME, read_manifest
 from model_export.architectures import ARCHITECTURES
-from model_export.export import (
-    ExportError,
-    ParityTolerances,
-    export_encoder,
-    run_export,
-)
-from model_export.weights import random_sam
+from model_export.export import ExportOptions, run_export
+from model_export.graphs import ExportError, export_encoder
+from model_export.parity import ParityTolerances
+from model_export.weights import WeightsSource, random_sam
 
 TINY = ARCHITECTURES["vit_tiny"]
 
@@ -141,7 +138,12 @@ def test_batched_prompts_equal_the_reference_one_by_one(tiny_export):
 
 
 def test_fp16_encoder_variant(tmp_path):
-    out = run_export("vit_tiny", tmp_path / "m", random_weights=True, seed=1, fp16=True)
+    out = run_export(
+        "vit_tiny",
+        tmp_path / "m",
+        WeightsSource(random_weights=True, seed=1),
+        ExportOptions(fp16=True),
+    )
     assert "encoder_fp16" in out.manifest["graphs"]
     reports = {p["graph"]: p for p in out.manifest["parity"]}
     assert set(reports) == {"encoder.onnx", "encoder_fp16.onnx"}
@@ -171,24 +173,23 @@ def test_failed_parity_leaves_nothing_behind(tmp_path):
         run_export(
             "vit_tiny",
             tmp_path / "m",
-            random_weights=True,
-            seed=0,
-            parity_tolerances=impossible,
+            WeightsSource(random_weights=True, seed=0),
+            ExportOptions(parity_tolerances=impossible),
         )
     assert list(tmp_path.iterdir()) == []  # no output dir, no temporary left
 
 
 def test_bad_requests_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown model type 'vit_q'"):
-        run_export("vit_q", tmp_path / "m", random_weights=True, seed=0)
+        run_export("vit_q", tmp_path / "m", WeightsSource(random_weights=True, seed=0))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("")
     with pytest.raises(ValueError, match="not empty"):
-        run_export("vit_tiny", tmp_path / "busy", random_weights=True, seed=0)
+        run_export("vit_tiny", tmp_path / "busy", WeightsSource(random_weights=True, seed=0))
     with pytest.raises(ValueError, match="needs --seed"):
-        run_export("vit_tiny", tmp_path / "m", random_weights=True)
+        run_export("vit_tiny", tmp_path / "m", WeightsSource(random_weights=True))
     with pytest.raises(ValueError, match="no published checkpoint"):
-        run_export("vit_tiny", tmp_path / "m")
+        run_export("vit_tiny", tmp_path / "m", WeightsSource())
 
 
 def test_manifest_is_json_with_sorted_files(tiny_export):

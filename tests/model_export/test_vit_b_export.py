@@ -7,14 +7,16 @@ import pytest
 pytest.importorskip("torch", reason="model export needs the [export] extra")
 pytest.importorskip("segment_anything")
 
-from components.io.registry import read_manifest, register_model, resolve_model
+from components.io.model_files import read_manifest
+from components.io.registry import register_model, resolve_model
 from model_export.export import run_export
+from model_export.weights import WeightsSource
 
 
 @pytest.mark.slow
 def test_vit_b_random_weights_export_parity_and_registration(tmp_path, local_registry):
     started = time.perf_counter()
-    exported = run_export("vit_b", tmp_path / "vit_b", random_weights=True, seed=0)
+    exported = run_export("vit_b", tmp_path / "vit_b", WeightsSource(random_weights=True, seed=0))
     seconds = time.perf_counter() - started
     (parity,) = exported.manifest["parity"]
     print(f"vit_b export + parity: {seconds:.0f} s; parity: {parity}")

@@ -16,6 +16,7 @@ from model_export.architectures import ARCHITECTURES  # noqa: E402
 from model_export.weights import (  # noqa: E402
     OFFICIAL_CHECKPOINTS,
     OfficialCheckpoint,
+    WeightsSource,
     download_checkpoint,
     load_checkpoint,
     random_sam,
@@ -111,7 +112,7 @@ def test_download_restarts_when_the_server_ignores_ranges(tmp_path):
 
 
 def test_download_retries_server_errors(tmp_path, monkeypatch):
-    monkeypatch.setattr("model_export.weights.time.sleep", lambda s: None)
+    monkeypatch.setattr("components.io.network.time.sleep", lambda s: None)
     with serve(BLOB, failures=2) as (url, handler):
         path = download_checkpoint(official(url, BLOB), tmp_path, progress=None)
     assert len(handler.requests) == 3 and path.read_bytes() == BLOB
@@ -150,7 +151,7 @@ def save_state(path: Path, seed: int = 0) -> Path:
 
 def test_checkpoint_round_trip(tmp_path):
     ckpt = save_state(tmp_path / "tiny.pth", seed=3)
-    sam, info = resolve_weights(TINY, checkpoint=ckpt)
+    sam, info = resolve_weights(TINY, WeightsSource(checkpoint=ckpt))
     assert (
         info.kind == "checkpoint" and info.sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     )
@@ -205,6 +206,6 @@ def test_pickled_code_is_refused(tmp_path):
 
 def test_weights_source_rules():
     with pytest.raises(InputError, match="not both"):
-        resolve_weights(TINY, checkpoint=Path("x"), random_weights=True, seed=1)
+        resolve_weights(TINY, WeightsSource(Path("x"), random_weights=True, seed=1))
     with pytest.raises(InputError, match="--seed only applies"):
-        resolve_weights(TINY, seed=1)
+        resolve_weights(TINY, WeightsSource(seed=1))

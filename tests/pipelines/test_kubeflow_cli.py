@@ -11,9 +11,9 @@ from kfp import compiler, dsl
 
 from components.errors import InputError
 from components.version import __version__
-from pipelines import submission
+from pipelines import compiled_package
 from pipelines.cli import main
-from pipelines.submission import interval_seconds, kfp_cron
+from pipelines.schedules import interval_seconds, kfp_cron
 from tests.fixtures.kfp_server import API, fake_kfp
 
 TOKEN = "kfp-token-5e1f0a9c2b7d4e38"
@@ -98,7 +98,7 @@ def compiled(tmp_path_factory) -> Path:
 @pytest.fixture
 def kfp(monkeypatch, compiled):
     """The fake KFP API with a token, and secrets in this process's environment."""
-    monkeypatch.setattr(submission, "COMPILED_DIR", compiled)
+    monkeypatch.setattr(compiled_package, "COMPILED_DIR", compiled)
     monkeypatch.setenv("KF_PIPELINES_TOKEN", TOKEN)
     monkeypatch.setenv("PC_SDK_SUBSCRIPTION_KEY", PC_KEY)
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
@@ -152,7 +152,8 @@ def test_submit_uploads_the_compiled_spec_and_starts_a_typed_run(kfp, compiled, 
     (version,) = kfp.versions.values()
     assert version["display_name"] == __version__
     assert (
-        submission.load_package(compiled / "auto_segment_s2.yaml").sha256 in version["description"]
+        compiled_package.load_package(compiled / "auto_segment_s2.yaml").sha256
+        in version["description"]
     )
     (pipeline,) = kfp.pipelines.values()
     assert pipeline["display_name"] == "auto-segment-s2"
@@ -189,7 +190,7 @@ def test_submitting_again_reuses_the_version_and_a_changed_spec_gets_its_own(
     changed.write_bytes((compiled / "auto_segment_s2.yaml").read_bytes() + b"\n# rebuilt\n")
     assert main([*args, "--pipeline", str(changed)]) == 0
     names = sorted(v["display_name"] for v in kfp.versions.values())
-    sha = submission.load_package(changed).sha256
+    sha = compiled_package.load_package(changed).sha256
     assert names == [__version__, f"{__version__}-{sha[:12]}"]
 
 
@@ -375,7 +376,7 @@ def free_port() -> int:
 
 
 def test_unreachable_host_fails_fast(compiled, monkeypatch, capsys):
-    monkeypatch.setattr(submission, "COMPILED_DIR", compiled)
+    monkeypatch.setattr(compiled_package, "COMPILED_DIR", compiled)
     started = time.monotonic()
     code = main(
         ["submit", "--host", f"http://127.0.0.1:{free_port()}", "--pipeline", "auto_segment_s2",
@@ -466,18 +467,22 @@ def test_input_mistakes_are_one_line_before_any_request(kfp, capsys, args, messa
 
 
 def test_parameters_named_like_credentials_are_refused():
-    package = submission.PipelinePackage(
+    package = compiled_package.PipelinePackage(
         path=Path("p.yaml"),
         content=b"",
         name="p",
         description="",
-        parameters={"pc_key": submission.Parameter("pc_key", "STRING", required=False, default="")},
+        parameters={
+            "pc_key": compiled_package.Parameter("pc_key", "STRING", required=False, default="")
+        },
         sinks=(),
         uses_schedule_time=False,
     )
-    assert submission.build_parameters(package, {}, {"pc_key": ""}, environ={}) == {"pc_key": ""}
+    assert compiled_package.build_parameters(package, {}, {"pc_key": ""}, environ={}) == {
+        "pc_key": ""
+    }
     with pytest.raises(InputError, match="pc_key looks like a credential"):
-        submission.build_parameters(package, {}, {"pc_key": "abc"}, environ={})
+        compiled_package.build_parameters(package, {}, {"pc_key": "abc"}, environ={})
 
 
 def test_a_package_holding_a_credential_is_not_uploaded(kfp, compiled, tmp_path, capsys):

@@ -6,15 +6,14 @@ import yaml
 from kfp import compiler, dsl
 
 from components.images import image
-from pipelines.kubernetes import (
+from pipelines.cluster_settings import (
     DEFAULT_RESOURCES,
     MLFLOW_CREDENTIAL_KEYS,
     ClusterSettings,
     Toleration,
-    configure_cpu_task,
-    configure_inference_task,
     load_cluster_settings,
 )
+from pipelines.kubernetes import configure_cpu_task, configure_inference_task
 
 PC_KEY = "pc-key-0123456789abcdef"
 MLFLOW_PASSWORD = "mlflow-password-fedcba9876543210"

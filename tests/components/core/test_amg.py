@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.core import amg
+from components.core import amg, regions
 
 torch = pytest.importorskip("torch")
 tv_ops = pytest.importorskip("torchvision.ops")
@@ -454,7 +454,7 @@ def cv2():
 
 
 def assert_same_small_regions(mask, area, mode):
-    ours, changed = amg.remove_small_regions(mask, area, mode)
+    ours, changed = regions.remove_small_regions(mask, area, mode)
     theirs, ref_changed = ref.remove_small_regions(mask, area, mode)
     assert changed == ref_changed
     assert_same(ours, theirs)
@@ -477,7 +477,7 @@ def test_remove_small_islands_keeps_the_largest_opencv_numbers_first():
     # OpenCV labels by 2 x 2 blocks: (1, 9) is in block column 4, before (0, 16).
     mask = np.zeros((2, 17), dtype=bool)
     mask[0, 16] = mask[1, 9] = True
-    ours, changed = amg.remove_small_regions(mask, 2, "islands")
+    ours, changed = regions.remove_small_regions(mask, 2, "islands")
     assert changed
     assert np.argwhere(ours).tolist() == [[1, 9]]
     assert_same_small_regions(mask, 2, "islands")
@@ -497,7 +497,7 @@ def test_remove_small_islands_ties(seed, shape):
 
 def test_remove_small_regions_rejects_unknown_mode():
     with pytest.raises(ValueError, match="mode"):
-        amg.remove_small_regions(np.zeros((3, 3), bool), 1, "specks")
+        regions.remove_small_regions(np.zeros((3, 3), bool), 1, "specks")
 
 
 @pytest.mark.usefixtures("cv2")
@@ -537,7 +537,7 @@ def reference_changed(masks, min_area):
 
 
 def assert_same_postprocess(masks, min_area, nms_thresh):
-    result = amg.postprocess_small_regions(masks, min_area, nms_thresh)
+    result = regions.postprocess_small_regions(masks, min_area, nms_thresh)
     keep, ref_masks, ref_boxes = reference_postprocess(masks, min_area, nms_thresh)
     assert_same(result.keep, keep)
     assert_same(result.boxes, ref_boxes)
@@ -545,7 +545,7 @@ def assert_same_postprocess(masks, min_area, nms_thresh):
     # The flag is not a mask comparison: a mask that is one small island counts as
     # changed though the island survives (as the largest).
     assert_same(result.changed, reference_changed(masks, min_area)[result.keep])
-    listed = amg.postprocess_small_regions(list(masks), min_area, nms_thresh)
+    listed = regions.postprocess_small_regions(list(masks), min_area, nms_thresh)
     assert_same(listed.keep, result.keep)
     assert_same(listed.masks, result.masks)
 
@@ -580,7 +580,7 @@ def test_postprocess_small_regions_many_masks(monkeypatch, nms_thresh):
 
 
 def test_postprocess_without_masks():
-    result = amg.postprocess_small_regions(np.zeros((0, 6, 7), bool), 10, 0.7)
+    result = regions.postprocess_small_regions(np.zeros((0, 6, 7), bool), 10, 0.7)
     assert result.keep.shape == (0,) and result.masks.shape == (0, 6, 7)
     assert result.boxes.shape == (0, 4) and result.changed.shape == (0,)
-    assert amg.postprocess_small_regions([], 10, 0.7).masks.shape == (0, 0, 0)
+    assert regions.postprocess_small_regions([], 10, 0.7).masks.shape == (0, 0, 0)

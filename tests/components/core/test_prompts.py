@@ -12,11 +12,11 @@ from affine import Affine
 from pyproj import CRS, Transformer
 
 from components.core.chips import Chip, chip_grid
+from components.core.prompt_geojson import parse_prompts
 from components.core.prompts import (
     PromptGroup,
     ScenePrompts,
     load_prompts,
-    parse_prompts,
     prompts_for_chip,
     prompts_to_scene,
 )

@@ -13,22 +13,24 @@ from components.core.scene_choice import (
     SkyStats,
     TileCover,
     TileItem,
-    TimeRange,
     TooCloudyError,
     common_offset,
     cover_area,
-    format_instant,
     group_acquisitions,
     newest_per_tile,
-    parse_bands,
-    parse_instant,
     platform_code,
     rebase_dn,
-    resolve_time_range,
     scl_counts,
     scl_stats,
     select_scenes,
     sky_from_counts,
+)
+from components.core.search import (
+    TimeRange,
+    format_instant,
+    parse_bands,
+    parse_instant,
+    resolve_time_range,
 )
 
 UTC = timezone.utc

@@ -16,7 +16,7 @@ pytest.importorskip("cv2", reason="the reference's small-region removal needs Op
 from components.core.params import AmgParams  # noqa: E402
 from components.inference.automatic import generate_chip_masks  # noqa: E402
 from components.inference.onnx_sam import SamModel  # noqa: E402
-from components.io.registry import read_manifest  # noqa: E402
+from components.io.model_files import read_manifest  # noqa: E402
 from model_export.architectures import ARCHITECTURES  # noqa: E402
 from model_export.export import parity_images  # noqa: E402
 from model_export.weights import random_sam  # noqa: E402

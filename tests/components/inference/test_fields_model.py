@@ -32,7 +32,7 @@ from components.core.prompts import PromptGroup  # noqa: E402
 from components.inference.automatic import ChipMasks, generate_chip_masks  # noqa: E402
 from components.inference.onnx_sam import SamModel  # noqa: E402
 from components.inference.prompted import segment_groups  # noqa: E402
-from components.io.registry import read_manifest  # noqa: E402
+from components.io.model_files import read_manifest  # noqa: E402
 from components.steps.segment_raster import segment_raster  # noqa: E402
 from tests.data.fields.data import ORIGIN, Scene, make_scene, write_s2_geotiff  # noqa: E402
 from tests.data.fields.model import HELD_OUT_SEEDS, load_model  # noqa: E402

@@ -4,7 +4,7 @@ import pytest
 from components.core.radiometry import PAD_RGB
 from components.inference.model import pad_chip, preprocess_shape, prompt_arrays
 from components.inference.onnx_sam import SamModel, choose_providers
-from components.io.registry import read_manifest
+from components.io.model_files import read_manifest
 
 torch = pytest.importorskip("torch")
 

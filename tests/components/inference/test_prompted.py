@@ -13,7 +13,7 @@ from components.core.prompts import PromptGroup  # noqa: E402
 from components.inference.model import pad_chip  # noqa: E402
 from components.inference.onnx_sam import SamModel  # noqa: E402
 from components.inference.prompted import box_pixels, segment_groups  # noqa: E402
-from components.io.registry import read_manifest  # noqa: E402
+from components.io.model_files import read_manifest  # noqa: E402
 from model_export.architectures import ARCHITECTURES  # noqa: E402
 from model_export.export import parity_images  # noqa: E402
 from model_export.weights import random_sam  # noqa: E402

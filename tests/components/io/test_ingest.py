@@ -24,8 +24,8 @@ from components.core.scene_choice import (
     TooCloudyError,
     cover_area,
     group_acquisitions,
-    resolve_time_range,
 )
+from components.core.search import resolve_time_range
 from components.errors import ServiceError
 from components.io.ingest import ingest_params, ingest_s2
 from components.io.network import NetworkOptions, redact

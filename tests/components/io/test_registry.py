@@ -102,10 +102,14 @@ def test_a_damaged_cache_copy_is_fetched_again(tiny_export, local_registry):
 
 
 def test_external_data_model_registers_and_loads(local_registry, tmp_path):
-    from model_export.export import run_export
+    from model_export.export import ExportOptions, run_export
+    from model_export.weights import WeightsSource
 
     exported = run_export(
-        "vit_tiny", tmp_path / "ext", random_weights=True, seed=0, force_external_data=True
+        "vit_tiny",
+        tmp_path / "ext",
+        WeightsSource(random_weights=True, seed=0),
+        ExportOptions(force_external_data=True),
     )
     assert "encoder.onnx.data" in exported.manifest["files"]
     register_model(exported.directory, "sam-ext", "champion", alias_explicit=True)

@@ -19,8 +19,8 @@ from components.core.params import (  # noqa: E402
 from components.core.rendering import band_name  # noqa: E402
 from components.errors import InputError  # noqa: E402
 from components.inference.onnx_sam import SamModel  # noqa: E402
+from components.io.model_files import read_manifest  # noqa: E402
 from components.io.raster import open_scene  # noqa: E402
-from components.io.registry import read_manifest  # noqa: E402
 from components.steps.merge_masks import merge_scene  # noqa: E402
 from components.steps.plan_chips import SceneSource, plan_segmentation  # noqa: E402
 from components.steps.segment import segment_shard  # noqa: E402
@@ -131,8 +131,8 @@ def test_automatic_scene_skips_nodata_chips_and_survives_empty_ones(model, scene
     assert result.stats.chips_segmented == 4
     assert result.masks.get("scene", []) == []  # nothing survived: empty, not an error
     merged = merge_scene(
-        shard.scenes[0], [], shard.settings, root=scene.path.parent, prompts="",
-        chip_size=1024, lineage=model.lineage, output_dir=tmp_path / "out",
+        shard.scenes[0], [], shard, root=scene.path.parent, prompts="", lineage=model.lineage,
+        output_dir=tmp_path / "out",
     )  # fmt: skip
     with rasterio.open(merged.files.segmentation) as src:
         assert src.read(1).max() == 0
@@ -173,9 +173,8 @@ def test_a_failed_write_leaves_no_partial_outputs(model, scene, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(InputError, match="does not exist"):
         merge_scene(
-            shard.scenes[0], result.masks["scene"], shard.settings, root=scene.path.parent,
-            prompts=prompts_at([(100, 100)]), chip_size=1024, lineage=model.lineage,
-            output_dir=out,
+            shard.scenes[0], result.masks["scene"], shard, root=scene.path.parent,
+            prompts=prompts_at([(100, 100)]), lineage=model.lineage, output_dir=out,
         )  # fmt: skip
     assert not out.exists() or list(out.iterdir()) == []
 
