@@ -125,7 +125,6 @@ def ingest_s2(
     request: str,
     scenes: dsl.Output[dsl.Dataset],
     schedule_time: str,
-    pc_key: str,
 ) -> int:
     """Ingest the clearest Sentinel-2 L2A scenes of the request's area and dates.
 
@@ -135,8 +134,6 @@ def ingest_s2(
         schedule_time: The run's scheduled time (KFP's placeholder): the end of a
             lookback window when the request names no reference time, so each
             recurring run covers its own window, and a re-run the same one.
-        pc_key: Planetary Computer key (FarmVibes' parameter); empty: the secret
-            ``PC_SDK_SUBSCRIPTION_KEY`` mounted in the task.
 
     Returns:
         The number of scenes written.
@@ -153,7 +150,6 @@ def ingest_s2(
             from_json(PipelineRequest, request),
             Path(scenes.path),
             schedule_time=schedule_time,
-            pc_key=pc_key,
         )
     scenes.metadata["acquisitions"] = [s.key for s in result.scenes]
     scenes.metadata["crs"] = result.grid.crs

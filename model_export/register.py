@@ -8,7 +8,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.io.registry import DEFAULT_ALIAS, RegisteredVersion, register_model
+from components.io.registry import (
+    DEFAULT_ALIAS,
+    RegisteredVersion,
+    check_registry,
+    register_model,
+)
 from model_export.export import ExportedModel, ExportOptions, run_export
 from model_export.weights import WeightsSource
 
@@ -27,8 +32,10 @@ def export_and_register(
 
     ``alias=None`` means the default alias (``champion``), which a random-weights
     model does not take; naming an alias sets it whatever the weights.
-    Without ``output_dir`` the exported files live only in the registry.
+    Without ``output_dir`` the exported files live only in the registry. An unreachable
+    registry fails before the export (minutes for vit_h), not after it.
     """
+    check_registry(tracking)
     keep = output_dir is not None
     work = (
         Path(output_dir)

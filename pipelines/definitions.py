@@ -16,8 +16,9 @@ Defaults and parameter descriptions come from the one table
 (:mod:`components.core.params`); the Kubeflow UI shows the generated docstrings.
 FarmVibes parameters that mean nothing here are accepted and mapped: ``num_workers``
 -> chips read ahead of the encoder; ``in_memory`` -> raster blocks kept in memory so
-overlapping chips read them once. ``pc_key`` works but is visible in the KFP UI:
-prefer the ``PC_SDK_SUBSCRIPTION_KEY`` secret.
+overlapping chips read them once. FarmVibes' ``pc_key`` is not a parameter: a value
+would sit in the KFP database, the UI and every task log; the ingest task reads the
+key from the ``PC_SDK_SUBSCRIPTION_KEY`` secret mounted in it (:mod:`pipelines.kubernetes`).
 
 The pipeline functions are plain module-level definitions; :func:`build_pipelines`
 decorates them for a target: a cluster (KFP's scheduled-time placeholder, Kubernetes
@@ -67,14 +68,12 @@ def _cpu(task: Any, kind: CpuTaskKind, name: str, *, mlflow: bool | None = None)
     return task.set_display_name(name)
 
 
-def _front(check: Any, model_uri: Any, model_type: Any, pc_key: Any) -> tuple[Any, Any, Any]:
+def _front(check: Any, model_uri: Any, model_type: Any) -> tuple[Any, Any, Any]:
     """The first half of both pipelines: (resolve model, ingest) -> plan, after the check."""
     _cpu(check, "light", "check inputs")
     model = tasks.resolve_model(model_uri=model_uri, model_type=model_type).after(check)
     _cpu(model, "light", "resolve model", mlflow=True)
-    ingest = tasks.ingest_s2(
-        request=check.output, schedule_time=_TARGET.get().schedule_time, pc_key=pc_key
-    )
+    ingest = tasks.ingest_s2(request=check.output, schedule_time=_TARGET.get().schedule_time)
     _cpu(ingest, "ingest", "ingest Sentinel-2")
     plan = tasks.plan_chips(
         scenes=ingest.outputs["scenes"],
@@ -85,10 +84,10 @@ def _front(check: Any, model_uri: Any, model_type: Any, pc_key: Any) -> tuple[An
     return model, ingest, _cpu(plan, "light", "plan chips")
 
 
-def _back(check: Any, prompts: Any, name: str, front: tuple[Any, Any, Any]) -> Sinks:
+def _back(check: Any, prompts: Any, name: str, front: tuple[Any, Any]) -> Sinks:
     """The second half: segment each shard (GPU), then merge into the sinks.
 
-    ``front``: the pipeline's ``model_uri``, ``model_type`` and ``pc_key``.
+    ``front``: the pipeline's ``model_uri`` and ``model_type``.
     """
     model, ingest, plan = _front(check, *front)
     with dsl.ParallelFor(plan.output, name="shards") as shard:
@@ -122,7 +121,6 @@ def segment_s2(
     reference_time: str = KFP.reference_time,
     model_type: str = KFP.model_type,
     spatial_overlap: float = KFP.spatial_overlap,
-    pc_key: str = KFP.pc_key,
     model_uri: str = KFP.model_uri,
     max_cloud_cover: float = KFP.max_cloud_cover,
     max_scenes: int = KFP.max_scenes,
@@ -135,9 +133,8 @@ def segment_s2(
 ) -> Sinks:
     """Segment fields in Sentinel-2 imagery from prompts."""  # Args: generated, see DEFINITIONS
     parameters = dict(locals())  # the check task takes the pipeline's parameters, by name
-    del parameters["pc_key"]  # a secret: straight to ingest, never in the request
     check = tasks.check_prompted_inputs(**parameters)
-    return _back(check, prompts, "segment prompts", (model_uri, model_type, pc_key))
+    return _back(check, prompts, "segment prompts", (model_uri, model_type))
 
 
 def auto_segment_s2(
@@ -160,7 +157,6 @@ def auto_segment_s2(
     in_memory: bool = KFP.in_memory,
     chip_nms_thr: float = KFP.chip_nms_thr,
     mask_nms_thr: float = KFP.mask_nms_thr,
-    pc_key: str = KFP.pc_key,
     model_uri: str = KFP.model_uri,
     max_cloud_cover: float = KFP.max_cloud_cover,
     max_scenes: int = KFP.max_scenes,
@@ -173,9 +169,8 @@ def auto_segment_s2(
 ) -> Sinks:
     """Segment every object (field) in Sentinel-2 imagery automatically."""  # Args: generated
     parameters = dict(locals())  # the check task takes the pipeline's parameters, by name
-    del parameters["pc_key"]  # a secret: straight to ingest, never in the request
     check = tasks.check_auto_inputs(**parameters)
-    return _back(check, "", "segment automatically", (model_uri, model_type, pc_key))
+    return _back(check, "", "segment automatically", (model_uri, model_type))
 
 
 def export_sam(

@@ -132,7 +132,7 @@ def run_pipeline(
         "s2sam_version": __version__,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
-        "arguments": {k: v for k, v in arguments.items() if k != "pc_key"},
+        "arguments": arguments,
         "sinks": {k: str(v) for k, v in sinks.items()},
         "metadata": {k: dict(a.metadata) for k, a in outputs.items()},
         "metrics": task_metrics(root),

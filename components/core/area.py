@@ -4,7 +4,9 @@ Everything a bad area can get wrong is checked here, before any network call, wi
 the input and the problem named: not JSON, not a polygon, empty, coordinates that are
 not lon/lat, self-intersecting or otherwise invalid, crossing the antimeridian,
 outside UTM, or larger than ``max_area_km2`` (a guard against a typo that would
-download a continent; the default holds a whole 110 km Sentinel-2 tile with room).
+download a continent; the default holds a whole 110 km Sentinel-2 tile with room), or
+smaller than a pixel (lon/lat numbers under a projected ``crs``); size, nesting, features
+and coordinates are bounded (:mod:`components.core.limits`), so bad input fails at once.
 
 Accepted input is GeoJSON (RFC 7946, lon/lat): a ``Polygon`` or ``MultiPolygon``
 geometry, a ``Feature`` holding one, or a ``FeatureCollection`` of them (their union
@@ -34,10 +36,21 @@ import shapely
 from affine import Affine
 from numpy.typing import NDArray
 from pyproj import CRS, Geod, Transformer
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from components.core.geojson_crs import LONLAT, document_crs
+from components.core.geojson_crs import (
+    LONLAT,
+    check_projected,
+    document_crs,
+    finite_coordinates,
+    load_document,
+    short_repr,
+    transformer,
+)
+from components.core.limits import MAX_FEATURES, MIN_AREA_M2
 from components.errors import InputError
 
 DEFAULT_MAX_AREA_KM2 = 15_000.0
@@ -48,6 +61,9 @@ UTM_LAT_RANGE = (-80.0, 84.0)
 DENSIFY_DEG = 0.001
 """Vertex spacing (about 100 m) before projecting edges, so curved edges keep their
 extent: a straight lon/lat edge bows in UTM."""
+DENSIFY_MAX_VERTICES = 100_000
+"""Most vertices densifying adds: the spacing grows for longer outlines (over 100° or
+10,000 km, far beyond any area limit) so the work stays bounded."""
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
 _GEOMETRY_TYPES = (
@@ -135,13 +151,19 @@ def parse_area(
     doc = _document(geojson)
     crs = document_crs(doc, "geometry ")
     parts = [_polygonal(where, geometry, crs) for where, geometry in _geometries(doc)]
-    geometry = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+    geometry = parts[0] if len(parts) == 1 else _union(parts)
     if not crs.equals(CRS.from_user_input(LONLAT)):
         geometry = _reproject(geometry, crs, CRS.from_user_input(LONLAT))
     _check_extent(geometry)
     area_km2 = geodesic_area_km2(geometry)
     if area_km2 <= 0.0:
         raise InputError("geometry has zero area: the area must be a polygon with an inside")
+    if area_km2 * 1e6 < MIN_AREA_M2:
+        raise InputError(
+            f"geometry covers {area_km2 * 1e6:.4g} m², less than one 10 m pixel "
+            f"({MIN_AREA_M2:g} m², MIN_AREA_M2): are the coordinates in the units of the "
+            f"CRS {crs.name!r}?"
+        )
     if area_km2 > max_area_km2:
         raise InputError(
             f"geometry covers {area_km2:,.1f} km², more than the limit of "
@@ -153,13 +175,8 @@ def parse_area(
 
 
 def _document(geojson: str | Mapping[str, Any]) -> Mapping[str, Any]:
-    """The GeoJSON object of the area, from text or as given."""
-    doc: Any = geojson
-    if isinstance(geojson, str):
-        try:
-            doc = json.loads(geojson)
-        except json.JSONDecodeError as err:
-            raise InputError(f"geometry is not valid JSON: {err}") from err
+    """The GeoJSON object of the area, from text (within the limits) or as given."""
+    doc = load_document(geojson, "geometry")
     if not isinstance(doc, Mapping):
         raise InputError(f"geometry must be a GeoJSON object, got {type(doc).__name__}")
     return doc
@@ -257,6 +274,11 @@ def _geometries(doc: Mapping[str, Any]) -> list[tuple[str, Any]]:
             raise InputError("FeatureCollection 'features' must be a list")
         if not features:
             raise InputError("geometry is empty: the FeatureCollection has no features")
+        if len(features) > MAX_FEATURES:
+            raise InputError(
+                f"geometry has {len(features):,} features, more than the limit of "
+                f"{MAX_FEATURES:,} (MAX_FEATURES)"
+            )
         out = []
         for i, feature in enumerate(features):
             if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
@@ -269,7 +291,7 @@ def _geometries(doc: Mapping[str, Any]) -> list[tuple[str, Any]]:
         return [("the geometry", doc)]
     raise InputError(
         "geometry must be a GeoJSON Polygon, MultiPolygon, Feature or FeatureCollection, "
-        f"got type {kind!r}"
+        f"got type {short_repr(kind)}"
     )
 
 
@@ -284,7 +306,7 @@ def _polygonal(where: str, geometry: Any, crs: CRS) -> Polygon | MultiPolygon:
         raise InputError(
             f"{where} is a {kind}, not a polygon: the area must be a Polygon or MultiPolygon"
         )
-    if not _all_finite(geometry.get("coordinates")):
+    if not finite_coordinates(geometry.get("coordinates"), 4 if kind == "MultiPolygon" else 3):
         raise InputError(f"{where} has non-finite or non-numeric coordinates")
     try:
         geom = shape(geometry)
@@ -293,6 +315,7 @@ def _polygonal(where: str, geometry: Any, crs: CRS) -> Polygon | MultiPolygon:
     if geom.is_empty:
         raise InputError(f"geometry is empty: {where} has no coordinates")
     coords = shapely.get_coordinates(geom)
+    check_projected(where, coords, crs)
     if crs.is_geographic:
         lon, lat = coords[:, 0], coords[:, 1]
         if (abs(lon) > 180).any() or (abs(lat) > 90).any():
@@ -309,15 +332,20 @@ def _polygonal(where: str, geometry: Any, crs: CRS) -> Polygon | MultiPolygon:
     return geom
 
 
-def _all_finite(coordinates: Any) -> bool:
-    """Whether nested coordinate lists hold only finite numbers."""
-    if isinstance(coordinates, bool):
-        return False
-    if isinstance(coordinates, int | float):
-        return math.isfinite(coordinates)
-    if isinstance(coordinates, list | tuple):
-        return all(_all_finite(c) for c in coordinates)
-    return False
+def _union(parts: list[Polygon | MultiPolygon]) -> BaseGeometry:
+    """The union of the parts, unioning only the clusters of parts that meet.
+
+    GEOS takes 12 s for 10,000 separate fields, 0.4 s for 10,000 adjacent ones.
+    """
+    left, right = shapely.STRtree(parts).query(parts, predicate="intersects")
+    graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(len(parts), len(parts)))
+    _, cluster = connected_components(graph, directed=False)
+    order = np.argsort(cluster, kind="stable")
+    pieces: list[Polygon] = []
+    for members in np.split(order, np.flatnonzero(np.diff(cluster[order])) + 1):
+        union = shapely.union_all([parts[i] for i in members])
+        pieces += list(getattr(union, "geoms", [union]))
+    return pieces[0] if len(pieces) == 1 else MultiPolygon(pieces)
 
 
 def _describe_invalid(reason: str) -> str:
@@ -332,13 +360,14 @@ def _describe_invalid(reason: str) -> str:
 def _reproject(geometry: BaseGeometry, src: CRS, dst: CRS) -> BaseGeometry:
     """``geometry`` from ``src`` to ``dst``, densified first (in ``src`` units)."""
     spacing = DENSIFY_DEG if src.is_geographic else DENSIFY_DEG * 1e5
+    spacing = max(spacing, float(geometry.length) / DENSIFY_MAX_VERTICES)
     dense = shapely.segmentize(geometry, max_segment_length=spacing)
-    transformer = Transformer.from_crs(src, dst, always_xy=True)
-    return shapely.transform(dense, lambda xy: _transform_xy(transformer, xy))
+    to_dst = transformer(src, dst, "geometry")
+    return shapely.transform(dense, lambda xy: _transform_xy(to_dst, xy))
 
 
-def _transform_xy(transformer: Transformer, xy: NDArray[np.float64]) -> NDArray[np.float64]:
-    x, y = transformer.transform(xy[:, 0], xy[:, 1])
+def _transform_xy(to_dst: Transformer, xy: NDArray[np.float64]) -> NDArray[np.float64]:
+    x, y = to_dst.transform(xy[:, 0], xy[:, 1])
     out = np.column_stack([x, y])
     if not np.isfinite(out).all():
         raise InputError("geometry cannot be projected: some positions fall outside the CRS")

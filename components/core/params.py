@@ -353,12 +353,6 @@ PIPELINE_PARAMETERS: dict[str, PipelineParameter] = {
             ",".join(DEFAULT_BANDS),
             "Bands ingested and used as red, green, blue (comma-separated).",
         ),
-        PipelineParameter(
-            "pc_key",
-            "",
-            "Planetary Computer key (FarmVibes). Leave empty and mount the "
-            "PC_SDK_SUBSCRIPTION_KEY secret instead: parameters are visible in the UI.",
-        ),
         *(_from_field(record, name) for record, names in _RECORDS for name in names),
     )
 }

@@ -30,17 +30,20 @@ with no usable prompt left in the scene is an error.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import shapely
 from affine import Affine
 from numpy.typing import NDArray
-from pyproj import CRS, Transformer
+from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from components.core.chips import Chip
+from components.core.geojson_crs import transformer
 from components.core.prompt_geojson import ParsedPrompts, PromptId, parse_prompts
 from components.errors import InputError
 
@@ -54,6 +57,14 @@ A straight edge in lon/lat is curved in UTM (a 2° parallel bows by ~500 m), so 
 corners alone would give a box too small. A fixed count per edge works in any unit;
 32 leaves under 0.1% of the bow (about 0.5 m for that parallel).
 """
+
+BOX_MAX_SAMPLES = 4_096
+"""Most points sampled on one box's outline: a polygon of many vertices gets fewer
+points per edge (its edges are short already), so a huge ring costs bounded work."""
+
+SCENE_MARGIN = 0.01
+"""Share of the scene's extent added around its footprint in the prompts' CRS before a
+box is clipped to it, so the sampled footprint's small error never cuts a box."""
 
 _MAX_LISTED_REASONS = 20
 
@@ -123,6 +134,9 @@ def prompts_to_scene(
     Points outside the scene are dropped; boxes are clipped to it, or dropped when
     they miss it; a box then grows to hold its group's foreground points, as in
     FarmVibes. A group left with neither a foreground point nor a box is dropped.
+    A box is clipped to the scene's footprint in its own CRS before it is projected,
+    so a box larger than the scene (the whole world) becomes the scene, even where its
+    far corners have no position in the raster's CRS.
 
     Raises:
         InputError: Bad scene geometry or CRS, or no usable prompt in the scene; the
@@ -183,20 +197,24 @@ def _place_features(
 ) -> _Placed:
     """Every feature in scene pixels: points inside kept, boxes clipped, the rest dropped."""
     scene: Box = (0.0, 0.0, float(width), float(height))
+    footprint = projector.source_footprint(scene)
     placed = _Placed(parsed.prompt_ids, f"{width} x {height} px scene")
+    # All points in one projection: one pyproj call per feature took seconds.
+    points = [p for f in parsed.features if not f.is_box for p in f.coordinates]
+    pixels = iter(projector(np.asarray(points, dtype=np.float64).reshape(-1, 2)).tolist())
     for feature in parsed.features:
         pid = feature.prompt_id
         placed.indices[pid].append(feature.index)
         if feature.is_box:
-            box, why = _scene_box(projector, feature.coordinates, scene)
+            box, why = _scene_box(projector, feature.coordinates, scene, footprint)
             if box is None:
                 placed.dropped.append(DroppedPrompt(pid, feature.index, why))
             else:
                 placed.boxes[pid] = box
             continue
-        xy = projector(np.asarray(feature.coordinates, dtype=np.float64))
-        for (x, y), (src_x, src_y) in zip(xy.tolist(), feature.coordinates, strict=True):
-            if not np.isfinite([x, y]).all():
+        for src_x, src_y in feature.coordinates:
+            x, y = next(pixels)
+            if not (math.isfinite(x) and math.isfinite(y)):
                 why = f"point ({src_x}, {src_y}) cannot be reprojected to the raster CRS"
             elif not _contains(scene, x, y):
                 why = f"point at col {x:.1f}, row {y:.1f} is outside the {placed.size}"
@@ -269,7 +287,8 @@ class _PixelProjector:
     def __init__(self, src: CRS, dst: CRS, transform: Affine) -> None:
         # always_xy: GeoJSON positions are (lon, lat) / (easting, northing) whatever
         # axis order the CRS's authority declares.
-        self._transformer = Transformer.from_crs(src, dst, always_xy=True)
+        self._transformer = transformer(src, dst, "prompts")
+        self._transform = transform
         self._inverse = ~transform
 
     def __call__(self, xy: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -282,29 +301,85 @@ class _PixelProjector:
         row = inv.d * x + inv.e * y + inv.f
         return np.column_stack([col, row])
 
+    def source_footprint(self, scene: Box) -> Box | None:
+        """The scene's bounds in the prompts' CRS, with a margin; ``None`` if unknown.
+
+        Sampled along the scene's outline (a scene is small, so this projection is well
+        behaved where the inverse of a world-sized box is not); ``None`` when fewer
+        than two samples have a position in the prompts' CRS.
+        """
+        col, row = _outline(np.array(_corners(scene))).T
+        t = self._transform
+        x, y = t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f
+        sx, sy = self._transformer.transform(x, y, direction="INVERSE")
+        xy = np.column_stack([np.asarray(sx, np.float64), np.asarray(sy, np.float64)])
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if len(xy) < 2:
+            return None
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+        pad = (hi - lo) * SCENE_MARGIN + 1e-9 * (1.0 + np.abs(hi) + np.abs(lo))
+        return (float(lo[0] - pad[0]), float(lo[1] - pad[1]), float(hi[0] + pad[0]),
+                float(hi[1] + pad[1]))  # fmt: skip
+
+
+def _corners(box: Box) -> list[tuple[float, float]]:
+    """A box's outline as a closed ring of its corners."""
+    x0, y0, x1, y1 = box
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+
+
+def _outline(path: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Points along a path (a closed ring or a line): every vertex and points between.
+
+    ``BOX_EDGE_POINTS`` per edge, fewer on a path of many edges (:data:`BOX_MAX_SAMPLES`).
+    """
+    if len(path) < 2:
+        return path
+    per_edge = min(BOX_EDGE_POINTS, max(1, BOX_MAX_SAMPLES // (len(path) - 1)))
+    t = np.arange(per_edge, dtype=np.float64)[None, :, None] / per_edge
+    dense = (path[:-1, None, :] * (1.0 - t) + path[1:, None, :] * t).reshape(-1, 2)
+    return np.vstack([dense, path[-1:]])
+
 
 def _scene_box(
-    projector: _PixelProjector, ring: tuple[tuple[float, float], ...], scene: Box
+    projector: _PixelProjector,
+    ring: tuple[tuple[float, float], ...],
+    scene: Box,
+    footprint: Box | None,
 ) -> tuple[Box | None, str]:
-    """A polygon's bounds in scene pixels, clipped; or ``None`` and why it is dropped."""
-    xy = np.asarray(ring, dtype=np.float64)
-    closed = np.vstack([xy, xy[:1]])
-    t = np.arange(BOX_EDGE_POINTS, dtype=np.float64)[None, :, None] / BOX_EDGE_POINTS
-    dense = (closed[:-1, None, :] * (1.0 - t) + closed[1:, None, :] * t).reshape(-1, 2)
-    pixels = projector(dense)
-    if not np.isfinite(pixels).all():
+    """A polygon's bounds in scene pixels, clipped; or ``None`` and why it is dropped.
+
+    The polygon's convex hull (same bounds, always valid) is clipped to the scene's
+    footprint in the prompts' CRS first; projected points with no position in the
+    raster CRS (a pole in UTM) are left out of the bounds.
+    """
+    hull = shapely.convex_hull(shapely.multipoints(np.asarray(ring, dtype=np.float64)))
+    clipped = hull if footprint is None else shapely.clip_by_rect(hull, *footprint)
+    box = None if clipped.is_empty else _pixel_bounds(projector, clipped)
+    inside = None if box is None else _clip(box, scene)
+    if inside is not None:
+        return inside, ""
+    whole = _pixel_bounds(projector, hull)
+    if whole is None:
         return None, "box cannot be reprojected to the raster CRS"
-    lo = pixels.min(axis=0)
-    hi = pixels.max(axis=0)
-    box: Box = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
-    clipped = _clip(box, scene)
-    if clipped is None:
-        x0, y0, x1, y1 = box
-        return None, (
-            f"box (cols {x0:.1f}..{x1:.1f}, rows {y0:.1f}..{y1:.1f}) is outside the "
-            f"{int(scene[2])} x {int(scene[3])} px scene"
-        )
-    return clipped, ""
+    x0, y0, x1, y1 = whole
+    return None, (
+        f"box (cols {x0:.1f}..{x1:.1f}, rows {y0:.1f}..{y1:.1f}) is outside the "
+        f"{int(scene[2])} x {int(scene[3])} px scene"
+    )
+
+
+def _pixel_bounds(projector: _PixelProjector, geometry: shapely.Geometry) -> Box | None:
+    """Bounds in scene pixels of a geometry's outline, sampled along its edges.
+
+    Samples with no position in the raster CRS are dropped; ``None`` if none is left.
+    """
+    pixels = projector(_outline(shapely.get_coordinates(geometry)))
+    pixels = pixels[np.isfinite(pixels).all(axis=1)]
+    if not len(pixels):
+        return None
+    lo, hi = pixels.min(axis=0), pixels.max(axis=0)
+    return (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
 
 
 def _contains(extent: Box, x: Any, y: Any) -> Any:

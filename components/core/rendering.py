@@ -98,8 +98,8 @@ class RasterLayout(Protocol):
         """One polygon record per instance; ``read_band`` reads back the written band 1."""
         ...
 
-    def quicklook_labels(self, bands: NDArray[Any]) -> NDArray[np.int64]:
-        """Colour classes (0 = none) from a decimated read of the written bands."""
+    def quicklook_labels(self, bands: Iterable[NDArray[Any]]) -> NDArray[np.int64]:
+        """Colour classes (0 = none) from decimated reads of the written bands, in order."""
         ...
 
     @property
@@ -134,9 +134,9 @@ class InstanceLabels:
         ]
         return polygonize_labels(read_band(), transform, crs, attrs)
 
-    def quicklook_labels(self, bands: NDArray[Any]) -> NDArray[np.int64]:
+    def quicklook_labels(self, bands: Iterable[NDArray[Any]]) -> NDArray[np.int64]:
         """Instance ids are the colour classes."""
-        return np.asarray(bands[0], dtype=np.int64)
+        return np.asarray(next(iter(bands)), dtype=np.int64)
 
     @property
     def prompt_order(self) -> tuple[PromptId, ...]:
@@ -182,11 +182,17 @@ class PromptBands:
             out += polygonize_masks(m.mask[None], at_box, crs, [attrs])
         return out
 
-    def quicklook_labels(self, bands: NDArray[Any]) -> NDArray[np.int64]:
-        """Each prompt's band in its own colour: the band number where it is set."""
-        labels = np.zeros(bands.shape[1:], np.int64)
-        for b in range(bands.shape[0]):
-            labels[bands[b] > 0] = b + 1
+    def quicklook_labels(self, bands: Iterable[NDArray[Any]]) -> NDArray[np.int64]:
+        """Each prompt's band in its own colour: the band number where it is set.
+
+        Bands are read one at a time: thousands of prompts never need all at once.
+        """
+        labels: NDArray[np.int64] | None = None
+        for b, band in enumerate(bands):
+            if labels is None:
+                labels = np.zeros(band.shape, np.int64)
+            labels[band > 0] = b + 1
+        assert labels is not None, "a prompt layout has at least one band"
         return labels
 
     @property

@@ -1,7 +1,10 @@
 """What the ingest searches for: a time range of UTC instants and Sentinel-2 L2A bands.
 
 Dates are whole UTC days, both ends included; a lookback of ``lookback_days`` ends at a
-reference time (default now), which is what a scheduled run needs. Band names are
+reference time (default now), which is what a scheduled run needs. A date Python
+cannot hold in UTC (``9999-12-31T23:59:59-01:00``) or a lookback reaching before year 1
+is an input error, and a lookback is at most
+:data:`~components.core.limits.MAX_LOOKBACK_DAYS`. Band names are
 normalised (``"b4, B8A"`` -> ``("B04", "B8A")``) and checked against the 10 and 20 m
 bands before any request.
 """
@@ -13,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 
+from components.core.limits import MAX_LOOKBACK_DAYS
 from components.errors import InputError
 
 BAND_RESOLUTION: Mapping[str, int] = {
@@ -54,7 +58,8 @@ def format_instant(value: datetime) -> str:
     """RFC 3339 UTC with a ``Z``; microseconds only when there are any."""
     utc = value.astimezone(timezone.utc)
     fraction = f".{utc.microsecond:06d}" if utc.microsecond else ""
-    return utc.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+    # Written out: strftime's %Y drops the leading zeros of years before 1000 on glibc.
+    return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S}{fraction}Z"
 
 
 def parse_instant(value: str | date | datetime, name: str, end_of_day: bool = False) -> datetime:
@@ -83,7 +88,12 @@ def parse_instant(value: str | date | datetime, name: str, end_of_day: bool = Fa
         raise InputError(f"{name} must be a date (YYYY-MM-DD), got {value!r}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise InputError(
+            f"{name} {value!r} is out of range: in UTC it falls outside the years 1 to 9999"
+        ) from None
 
 
 def resolve_time_range(
@@ -126,13 +136,31 @@ def resolve_time_range(
         return TimeRange(start, end)
     if lookback_days is None:
         raise InputError("no time range: give start_date and end_date, or lookback_days")
+    return _lookback(lookback_days, reference_time, now)
+
+
+def _lookback(
+    lookback_days: int, reference_time: str | datetime | None, now: datetime | None
+) -> TimeRange:
+    """``lookback_days`` days up to ``reference_time`` (default ``now``), checked."""
     if isinstance(lookback_days, bool) or not isinstance(lookback_days, int) or lookback_days < 1:
         raise InputError(f"lookback_days must be a positive integer, got {lookback_days!r}")
+    if lookback_days > MAX_LOOKBACK_DAYS:
+        raise InputError(
+            f"lookback_days {lookback_days:,} is more than the limit of {MAX_LOOKBACK_DAYS:,} "
+            "(100 years, MAX_LOOKBACK_DAYS); Sentinel-2 data start in 2015"
+        )
     if reference_time is None:
         end = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     else:
         end = parse_instant(reference_time, "reference_time", end_of_day=True)
-    return TimeRange(end - timedelta(days=lookback_days), end)
+    try:
+        return TimeRange(end - timedelta(days=lookback_days), end)
+    except OverflowError:
+        raise InputError(
+            f"lookback_days {lookback_days} before reference_time {format_instant(end)} "
+            "reaches before the year 1"
+        ) from None
 
 
 # --- bands -----------------------------------------------------------------------------

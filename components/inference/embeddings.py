@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -44,37 +45,52 @@ def embedding_key(
 
 
 class EmbeddingCache:
-    """Embeddings as ``.npy`` files under a directory, evicted oldest-first past a size cap."""
+    """Embeddings as files under a directory, verified on read, evicted oldest-first.
+
+    Each entry holds the embedding and the sha256 of its bytes. A read checks both, and
+    the shape the model produces: an entry that fails (corrupted, replaced, truncated,
+    from another model's shape) is deleted and counted as a miss, so it is recomputed,
+    never used and never fatal. Writes go through a temporary file and a rename, so
+    concurrent readers never see half an entry.
+    """
 
     def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
+        self.rejected = 0
+        """Entries found but refused (and deleted) by the checks."""
 
     def _path(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.npy"
+        return self.directory / key[:2] / f"{key}.npz"
 
-    def get(self, key: str) -> NDArray[np.float32] | None:
-        """The cached embedding, or ``None``; unreadable entries count as missing."""
+    def get(self, key: str, shape: tuple[int, ...]) -> NDArray[np.float32] | None:
+        """The cached embedding of ``shape``, or ``None`` (a miss) if absent or bad."""
         path = self._path(key)
-        try:
-            value: NDArray[np.float32] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
+        if not path.is_file():
             self.misses += 1
+            return None
+        value = _read_entry(path, shape)
+        if value is None:
+            self.rejected += 1
+            self.misses += 1
+            path.unlink(missing_ok=True)
             return None
         os.utime(path)  # recently used: evicted last
         self.hits += 1
         return value
 
     def put(self, key: str, value: NDArray[np.float32]) -> None:
-        """Store atomically (temp file + rename): readers never see half an array."""
+        """Store atomically (temp file + rename) with the checksum of the array's bytes."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        array = np.ascontiguousarray(value, dtype=np.float32)
+        digest = np.frombuffer(hashlib.sha256(array.tobytes()).digest(), dtype=np.uint8)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.save(f, np.ascontiguousarray(value, dtype=np.float32))
+                np.savez(f, embedding=array, sha256=digest)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -82,13 +98,29 @@ class EmbeddingCache:
         self._evict()
 
     def _evict(self) -> None:
-        files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.directory.rglob("*.npy")]
+        files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.directory.rglob("*.npz")]
         total = sum(size for _, size, _ in files)
         for _, size, path in sorted(files):
             if total <= self.max_bytes:
                 break
             path.unlink(missing_ok=True)
             total -= size
+
+
+def _read_entry(path: Path, shape: tuple[int, ...]) -> NDArray[np.float32] | None:
+    """The entry's embedding if it is whole, of ``shape``, and matches its checksum."""
+    try:
+        with np.load(path, allow_pickle=False) as entry:
+            array = entry["embedding"]
+            digest = entry["sha256"].tobytes()
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable, truncated, or its zip CRC does not match
+    if array.dtype != np.float32 or array.shape != shape:
+        return None
+    if hashlib.sha256(np.ascontiguousarray(array).tobytes()).digest() != digest:
+        return None
+    value: NDArray[np.float32] = array
+    return value
 
 
 def encode_with_cache(
@@ -103,7 +135,7 @@ def encode_with_cache(
     out: list[NDArray[np.float32] | None] = [None] * n
     if cache is not None and keys is not None:
         for k, key in enumerate(keys):
-            out[k] = cache.get(key)
+            out[k] = cache.get(key, model.embedding_shape)
     todo = [k for k in range(n) if out[k] is None]
     for start in range(0, len(todo), max(1, batch_size)):
         batch = todo[start : start + batch_size]

@@ -55,6 +55,8 @@ class SegmentationModel(Protocol):
     """Side of the square encoder input, in pixels: the chip size."""
     encoder_sha256: str
     """Digest of the encoder graph in use: part of every embedding cache key."""
+    embedding_shape: tuple[int, ...]
+    """Shape of one chip's embedding (what the cache checks an entry against)."""
     provider: str
     """Where it runs (e.g. ``CPUExecutionProvider``), for summaries."""
     lineage: dict[str, Any]

@@ -105,6 +105,11 @@ class SamModel:
         self.embedding_size = self.image_size // int(arch["patch_size"])
         self.embed_dim = int(arch["prompt_embed_dim"])
         self.low_res_size = 4 * self.embedding_size
+        self.embedding_shape: tuple[int, ...] = (
+            self.embed_dim,
+            self.embedding_size,
+            self.embedding_size,
+        )
         self.lineage = lineage or {"model_name": "local", "model_uri": str(directory)}
         chosen = choose_providers(providers)
         use_fp16 = "encoder_fp16" in graphs and (

@@ -52,6 +52,14 @@ def box_pixels(box: tuple[float, float, float, float], h: int, w: int) -> NDArra
     return out
 
 
+PROMPT_SETS_PER_CALL = 32
+"""Prompt groups decoded in one decoder call. A group costs about 1 MB of low-res
+logits and 4 MB of upsampled logits at 1024 px, so a call stays near 160 MB however
+many groups a chip holds (all of them at once took over 12 GB for 1,000 groups);
+batching keeps the decoder busy, and results do not depend on the batch (the decoder's
+batch axis is independent per prompt set)."""
+
+
 def segment_groups(
     model: SegmentationModel,
     embedding: NDArray[np.float32],
@@ -60,35 +68,48 @@ def segment_groups(
 ) -> list[GroupMask]:
     """One mask per group (chip coordinates), in the order of ``groups``."""
     params = params or PromptParams()
-    size = model.image_size
     arrays = [prompt_arrays(g.points, g.labels, g.box) for g in groups]
     buckets: dict[tuple[int, bool], list[int]] = {}
     for k, (coords, _) in enumerate(arrays):
         buckets.setdefault((len(coords), is_single_click(groups[k])), []).append(k)
     results: dict[int, GroupMask] = {}
     for (_, single), members in buckets.items():
-        coords = np.stack([arrays[k][0] for k in members])
-        labels = np.stack([arrays[k][1] for k in members])
-        out = model.decode(embedding, coords, labels)
-        if single:
-            best = 1 + np.argmax(out.iou_predictions[:, 1:], axis=1)
-        else:
-            best = np.zeros(len(members), dtype=np.intp)
-        rows = np.arange(len(members))
-        low = out.low_res_logits[rows, best][:, None]
-        iou = out.iou_predictions[rows, best]
-        for _ in range(params.refine_iterations):
-            out = model.decode(embedding, coords, labels, mask_input=low)
-            low = out.low_res_logits[:, :1]
-            iou = out.iou_predictions[:, 0]
-        logits = model.upscale(low[:, 0], (size, size), (size, size))
-        stability = amg.calculate_stability_score(
-            logits, MASK_THRESHOLD, params.stability_score_offset
-        )
-        for j, k in enumerate(members):
-            mask = logits[j] > MASK_THRESHOLD
-            box = groups[k].box
-            if params.limit_to_box and box is not None:
-                mask &= box_pixels(box, size, size)
-            results[k] = GroupMask(groups[k].prompt_id, mask, float(iou[j]), float(stability[j]))
+        for start in range(0, len(members), PROMPT_SETS_PER_CALL):
+            batch = members[start : start + PROMPT_SETS_PER_CALL]
+            masks = _decode_batch(model, embedding, [arrays[k] for k in batch], single, params)
+            for k, (mask, iou, stability) in zip(batch, masks, strict=True):
+                box = groups[k].box
+                if params.limit_to_box and box is not None:
+                    mask &= box_pixels(box, model.image_size, model.image_size)
+                results[k] = GroupMask(groups[k].prompt_id, mask, iou, stability)
     return [results[k] for k in range(len(groups))]
+
+
+def _decode_batch(
+    model: SegmentationModel,
+    embedding: NDArray[np.float32],
+    arrays: list[tuple[NDArray[np.float32], NDArray[np.float32]]],
+    single: bool,
+    params: PromptParams,
+) -> list[tuple[NDArray[np.bool_], float, float]]:
+    """Masks, predicted IoUs and stability scores of prompt sets with as many points each."""
+    size = model.image_size
+    coords = np.stack([c for c, _ in arrays])
+    labels = np.stack([lab for _, lab in arrays])
+    out = model.decode(embedding, coords, labels)
+    if single:
+        best = 1 + np.argmax(out.iou_predictions[:, 1:], axis=1)
+    else:
+        best = np.zeros(len(arrays), dtype=np.intp)
+    rows = np.arange(len(arrays))
+    low = out.low_res_logits[rows, best][:, None]
+    iou = out.iou_predictions[rows, best]
+    for _ in range(params.refine_iterations):
+        out = model.decode(embedding, coords, labels, mask_input=low)
+        low = out.low_res_logits[:, :1]
+        iou = out.iou_predictions[:, 0]
+    logits = model.upscale(low[:, 0], (size, size), (size, size))
+    stability = amg.calculate_stability_score(logits, MASK_THRESHOLD, params.stability_score_offset)
+    return [
+        (logits[j] > MASK_THRESHOLD, float(iou[j]), float(stability[j])) for j in range(len(arrays))
+    ]

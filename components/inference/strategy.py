@@ -19,7 +19,13 @@ from numpy.typing import NDArray
 from components.core.chips import Chip, ChipGrid
 from components.core.merge import SceneMask, masks_from_chip, merge_automatic, merge_prompted
 from components.core.params import AmgParams, Mode, PromptParams, SegmentationSettings
-from components.core.prompts import DroppedPrompt, ScenePrompts, load_prompts, prompts_for_chip
+from components.core.prompts import (
+    DroppedPrompt,
+    PromptGroup,
+    ScenePrompts,
+    load_prompts,
+    prompts_for_chip,
+)
 from components.core.rendering import InstanceLabels, PromptBands, RasterLayout
 from components.inference.automatic import generate_chip_masks
 from components.inference.model import SegmentationModel
@@ -65,6 +71,10 @@ class SceneStrategy(Protocol):
         """Prompts left out of this scene, with the reason (none in automatic mode)."""
         ...
 
+    def unanswered(self, merged: Sequence[SceneMask]) -> list[PromptGroup]:
+        """Prompt groups that ran but got no mask (none in automatic mode)."""
+        ...
+
 
 @dataclass(frozen=True)
 class AutomaticScene:
@@ -107,6 +117,10 @@ class AutomaticScene:
         """No prompts."""
         return ()
 
+    def unanswered(self, merged: Sequence[SceneMask]) -> list[PromptGroup]:
+        """No prompts."""
+        return []
+
 
 @dataclass(frozen=True)
 class PromptedScene:
@@ -128,7 +142,7 @@ class PromptedScene:
         encode_crops: CropEncoder,
     ) -> list[SceneMask]:
         """Each group's mask in this chip; nodata pixels are never in a mask."""
-        groups = prompts_for_chip(self.prompts, image.chip)
+        groups = [g for g in prompts_for_chip(self.prompts, image.chip) if _on_data(g, image)]
         results = segment_groups(model, embedding[None], groups, self.params)
         if not results:
             return []
@@ -153,6 +167,25 @@ class PromptedScene:
     def dropped(self) -> tuple[DroppedPrompt, ...]:
         """Prompts outside the scene, with the reason."""
         return self.prompts.dropped
+
+    def unanswered(self, merged: Sequence[SceneMask]) -> list[PromptGroup]:
+        """Groups with an empty band: every click on nodata, or SAM found nothing."""
+        answered = {m.prompt_id for m in merged}
+        return [g for g in self.prompts.groups if g.prompt_id not in answered]
+
+
+def _on_data(group: PromptGroup, image: ChipImage) -> bool:
+    """Whether SAM has something to segment: a box, or a click on a pixel with data.
+
+    SAM answers a click on nodata (padding-coloured pixels) with an arbitrary mask; such
+    a group is skipped, and reported with the reason when no chip answers it.
+    """
+    if group.box is not None:
+        return True
+    clicks = group.points[group.labels == 1]
+    cols = np.clip(clicks[:, 0].astype(np.intp), 0, image.chip.size - 1)
+    rows = np.clip(clicks[:, 1].astype(np.intp), 0, image.chip.size - 1)
+    return bool(image.valid[rows, cols].any())
 
 
 def scene_strategy(settings: SegmentationSettings, prompts: str, scene: SceneInfo) -> SceneStrategy:

@@ -53,13 +53,14 @@ from components.core.scene_choice import (
 )
 from components.core.search import TimeRange
 from components.errors import InputError
-from components.io.files import atomic_write_text
+from components.io.files import atomic_write_text, read_user_text
 from components.io.mosaic import STRIP_ROWS, MosaicReader, check_assets, n_strips
 from components.io.network import NetworkOptions
 from components.io.scene_cogs import (
     MANIFEST_NAME,
     SceneRecord,
     build_manifest,
+    start_new_set,
     write_scene,
 )
 from components.io.stac import (
@@ -141,11 +142,11 @@ def ingest_params(
 
 
 def read_geometry_file(path: Path) -> str:
-    """A geometry file's text; ``ValueError`` naming the file when it cannot be read."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"geometry file {str(path)!r} cannot be read: {err}") from err
+    """A geometry file's text; ``InputError`` naming the file when it cannot be read.
+
+    Within the size limit, a byte order mark skipped (:func:`read_user_text`).
+    """
+    return read_user_text(path, "geometry")
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ def write_scenes(
 ) -> IngestResult:
     """Write each selected acquisition as a COG, then the manifest (last: it lists them)."""
     out.mkdir(parents=True, exist_ok=True)
+    start_new_set(out)
     total_steps = len(selected) * len(params.search.bands) * n_strips(grid)
     done = [0]
 

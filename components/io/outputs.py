@@ -7,10 +7,14 @@
 * ``polygons.parquet``: GeoParquet, one row per instance (automatic: the visible part
   of each instance in the label raster) or per prompt, with scores, area and model.
 * ``quicklook.png``: masks over the RGB scene, at most 1024 px on a side.
-* ``summary.json``: counts, timings, lineage, dropped prompts.
+* ``summary.json``: counts, timings, lineage, dropped prompts, and the sha256 of each
+  of the other files.
 
-Everything is written under temporary names and renamed into place at the end, so
-a failed run never leaves a half-written output behind.
+The outputs are a set: every file is written in a temporary folder and renamed into
+place, and ``summary.json`` comes last, so a folder whose ``summary.json`` lists the
+files it holds (with matching digests) is complete. A run first deletes the previous
+run's summary, so a run killed half-way leaves a folder without a summary, never a new
+raster beside an old summary; it also removes the temporary folders of killed runs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from rasterio.windows import Window
 
 from components.core.radiometry import RgbScaling, to_rgb
 from components.core.rendering import RasterLayout
+from components.io.files import file_sha256
 from components.io.raster import SceneInfo
 from components.version import __version__
 
@@ -41,7 +46,12 @@ SEGMENTATION = "segmentation.tif"
 POLYGONS = "polygons.parquet"
 QUICKLOOK = "quicklook.png"
 SUMMARY = "summary.json"
-BLOCK_ROWS = 1024
+CHECKED = (SEGMENTATION, POLYGONS, QUICKLOOK)
+"""The files ``summary.json`` lists with their digests."""
+WORK_PREFIX = ".s2sam-"
+BLOCK_BYTES = 256 * 2**20
+"""Most bytes of output raster rendered at once: rows per block shrink with the band
+count, so 5,000 prompt bands over a whole tile stay near this, not 56 GB."""
 QUICKLOOK_SIZE = 1024
 
 
@@ -71,9 +81,11 @@ def _write_cog(path: Path, layout: RasterLayout, scene: SceneInfo, tags: dict[st
         "BIGTIFF": "IF_SAFER",
     }
     raw = path.with_suffix(".raw.tif")
+    row_bytes = layout.count * scene.width * np.dtype(layout.dtype).itemsize
+    rows = max(1, min(scene.height, BLOCK_BYTES // row_bytes))
     with rasterio.open(raw, "w", **profile) as dst:
-        for row in range(0, scene.height, BLOCK_ROWS):
-            h = min(BLOCK_ROWS, scene.height - row)
+        for row in range(0, scene.height, rows):
+            h = min(rows, scene.height - row)
             block = layout.render((0, row, scene.width, row + h))
             dst.write(block, window=Window(0, row, scene.width, h))
         for b, (description, band_tags) in enumerate(layout.band_tags(), start=1):
@@ -147,8 +159,32 @@ def _write_quicklook(
         dn = src.read(list(scene.bands), out_shape=(len(scene.bands), *shape))
     rgb, _ = to_rgb(dn, scaling)
     with rasterio.open(cog) as src:
-        bands = src.read(out_shape=(src.count, *shape), resampling=Resampling.nearest)
-    Image.fromarray(quicklook(rgb, layout.quicklook_labels(bands))).save(path, format="PNG")
+        bands = (
+            src.read(b, out_shape=shape, resampling=Resampling.nearest)
+            for b in range(1, src.count + 1)
+        )
+        labels = layout.quicklook_labels(bands)
+    Image.fromarray(quicklook(rgb, labels)).save(path, format="PNG")
+
+
+def start_new_set(output_dir: Path) -> None:
+    """Retire the previous set (its summary) and clear what killed runs left behind."""
+    (output_dir / SUMMARY).unlink(missing_ok=True)
+    for leftover in output_dir.glob(WORK_PREFIX + "*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def is_complete(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds a complete set: a summary whose digests match."""
+    summary = output_dir / SUMMARY
+    if not summary.is_file():
+        return False
+    digests = json.loads(summary.read_text()).get("sha256", {})
+    return set(digests) == set(CHECKED) and all(
+        (output_dir / name).is_file() and file_sha256(output_dir / name) == sha
+        for name, sha in digests.items()
+    )
 
 
 def write_outputs(
@@ -169,11 +205,12 @@ def write_outputs(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    start_new_set(output_dir)
     final = OutputFiles(
         output_dir / SEGMENTATION, output_dir / POLYGONS, output_dir / QUICKLOOK,
         output_dir / SUMMARY,
     )  # fmt: skip
-    work = Path(tempfile.mkdtemp(prefix=".s2sam-", dir=output_dir))
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=output_dir))
     try:
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         cog = work / SEGMENTATION
@@ -199,9 +236,10 @@ def write_outputs(
             **run,
             "scaling": asdict(scaling),
             "files": [SEGMENTATION, POLYGONS, QUICKLOOK],
+            "sha256": {name: file_sha256(work / name) for name in CHECKED},
         }
         (work / SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        for name in (SEGMENTATION, POLYGONS, QUICKLOOK, SUMMARY):
+        for name in (*CHECKED, SUMMARY):  # the summary last: it marks a complete set
             os.replace(work / name, output_dir / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)

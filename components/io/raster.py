@@ -19,9 +19,16 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from components.core.chips import Chip
-from components.core.radiometry import PAD_RGB, RgbScaling, StretchMode, scene_rgb_scaling, to_rgb
+from components.core.radiometry import (
+    PAD_RGB,
+    RgbScaling,
+    StretchMode,
+    scene_rgb_scaling,
+    to_rgb,
+    valid_pixels,
+)
 from components.core.search import DEFAULT_BANDS
-from components.errors import InputError
+from components.errors import InputError, NoDataError
 from components.io.files import file_sha256
 
 FARMVIBES_ALIASES = {
@@ -156,14 +163,8 @@ def default_band_scaling(dtype: str) -> list[float] | None:
     return None
 
 
-def scene_scaling(
-    scene: SceneInfo,
-    band_scaling: Sequence[float] | None = None,
-    band_offset: Sequence[float] | None = None,
-    stretch: StretchMode = "percentile",
-    percentiles: tuple[float, float] = (2.0, 98.0),
-) -> RgbScaling:
-    """The scene's RGB scaling, computed ONCE from a decimated read of the whole scene."""
+def scene_sample(scene: SceneInfo) -> NDArray[Any]:
+    """A decimated read of the whole scene's selected bands (overviews when it has them)."""
     factor = max(1.0, max(scene.height, scene.width) / SAMPLE_LONG_SIDE)
     out_shape = (
         len(scene.bands),
@@ -171,7 +172,31 @@ def scene_scaling(
         max(1, round(scene.width / factor)),
     )
     with rasterio.open(scene.path) as src:
-        sample = src.read(list(scene.bands), out_shape=out_shape, resampling=Resampling.nearest)
+        sample: NDArray[Any] = src.read(
+            list(scene.bands), out_shape=out_shape, resampling=Resampling.nearest
+        )
+    return sample
+
+
+def scene_scaling(
+    scene: SceneInfo,
+    band_scaling: Sequence[float] | None = None,
+    band_offset: Sequence[float] | None = None,
+    stretch: StretchMode = "percentile",
+    percentiles: tuple[float, float] = (2.0, 98.0),
+) -> RgbScaling:
+    """The scene's RGB scaling, computed ONCE from a decimated read of the whole scene.
+
+    Raises:
+        NoDataError: The scene has no pixel with data in every selected band.
+    """
+    sample = scene_sample(scene)
+    if not valid_pixels(sample, scene.nodata).any() and not has_data(scene, scene.nodata):
+        raise NoDataError(
+            f"raster {scene.path} has no valid pixel in bands {list(scene.band_names)} "
+            f"(all nodata{'' if scene.nodata is None else f' = {scene.nodata:g}'}): "
+            "nothing to segment"
+        )
     return scene_rgb_scaling(
         sample,
         scene.processing_baseline,
@@ -211,6 +236,31 @@ def read_chip(src: Any, scene: SceneInfo, chip: Chip, scaling: RgbScaling) -> Ch
     rgb[:h, :w] = np.where(valid_valid[..., None], rgb_valid, np.asarray(PAD_RGB, np.uint8))
     valid[:h, :w] = valid_valid
     return ChipImage(chip, rgb, valid)
+
+
+def pixels_valid(
+    scene: SceneInfo, cols: Sequence[float], rows: Sequence[float], nodata: float | None
+) -> NDArray[np.bool_]:
+    """Whether the scene has data (in every selected band) at each pixel ``(col, row)``."""
+    with rasterio.open(scene.path) as src:
+        out = []
+        for col, row in zip(cols, rows, strict=True):
+            window = Window(int(col), int(row), 1, 1)
+            out.append(bool(valid_pixels(src.read(list(scene.bands), window=window), nodata)[0, 0]))
+    return np.array(out, dtype=bool)
+
+
+def has_data(scene: SceneInfo, nodata: float | None, rows_per_read: int = 512) -> bool:
+    """Whether any pixel has data in every selected band, read in strips (first hit wins).
+
+    Only called when a decimated sample found no data: a sparse scene may still have some.
+    """
+    with rasterio.open(scene.path) as src:
+        for row in range(0, scene.height, rows_per_read):
+            window = Window(0, row, scene.width, min(rows_per_read, scene.height - row))
+            if valid_pixels(src.read(list(scene.bands), window=window), nodata).any():
+                return True
+    return False
 
 
 def iter_chips(

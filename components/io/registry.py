@@ -8,43 +8,52 @@ version to use; MLflow's deprecated stages are never used.
 
 Every inference step resolves its ``model_uri`` here and records the resolved name
 and version next to its outputs, so each mask traces back to one model version. The
-registry's sha256 tags are the truth: a downloaded (or cached) file that does not
-match them is refused before anything loads it.
+registry's sha256 tags (the manifest's, which names the graphs, among them) are the
+truth: a downloaded (or cached) file that does not match them is refused before
+anything loads it.
 
 Tracking: ``$MLFLOW_TRACKING_URI`` when set (any MLflow server), else an embedded
 ``sqlite:///`` store with local artifacts under the user's data directory, so a
-laptop needs no server.
+laptop needs no server. A server that does not answer is a one-line
+:class:`ServiceError` within a bound (:func:`client`), its credentials blanked.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from components.errors import ModelNotFoundError, ServiceError
-from components.io.files import cache_dir, data_dir
+from components.io.files import cache_dir, data_dir, file_sha256
 from components.io.model_files import (
+    KIND,
+    MANIFEST_NAME,
+    TAG_KIND,
+    TAG_SHA,
     ResolvedModel,
     cached_copy,
-    manifest_digests,
+    offline_copy,
     open_model_directory,
-    read_manifest,
-    verify_files,
+    version_tags,
 )
+from components.io.network import failure_reason, redact
 from components.version import __version__
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_ALIAS = "champion"
 EXPERIMENT = "s2sam-model-export"
 ARTIFACT_PATH = "model"
-TAG_KIND = "s2sam.kind"
-KIND = "sam-onnx"
-TAG_SHA = "s2sam.sha256."
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+|latest))$")
 
 
@@ -74,20 +83,85 @@ def _is_local(uri: str) -> bool:
 def client(uri: str | None = None) -> Any:
     """An ``MlflowClient`` with bounded HTTP timeouts and retries.
 
-    MLflow's defaults retry an unreachable server for minutes; a pipeline step should
-    fail within a minute with the server's address in the message.
+    MLflow's defaults retry an unreachable server for minutes (one that accepts
+    connections but never answers: 4+ minutes); a step should fail within a minute.
+    Unless set already, each request gets 15 s to connect and 15 s between bytes and 2
+    retries (after 0 s, then 2-3 s): a silent server is given up on after at most ~50 s,
+    a closed port after ~3 s, and the first failed request ends the command (:func:`_ask`).
     """
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
     for name in ("mlflow", "alembic"):  # after import: mlflow sets its own levels then
         logging.getLogger(name).setLevel(logging.WARNING)
+    # urllib3 logs MLflow's retries with path and query (signed URLs hold tokens)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
     uri = uri or tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextmanager
+def _talking_to(uri: str, what: str) -> Iterator[None]:
+    """MLflow's failures inside as one :class:`ServiceError` line, credentials blanked."""
+    from mlflow.exceptions import MlflowException
+
+    started = time.monotonic()
+    try:
+        yield
+    except MlflowException as err:
+        raise _service_error(uri, what, err, time.monotonic() - started) from None
+
+
+def _ask(uri: str, what: str, call: Callable[[], _T]) -> _T | None:
+    """``call()``; ``None`` when MLflow answers that the thing asked for does not exist.
+
+    Only that answer (``RESOURCE_DOES_NOT_EXIST``) means "not found": a refused
+    connection, a timeout or a 5xx is an outage, raised at once as a
+    :class:`ServiceError` so no further request waits through another retry cycle.
+    """
+    from mlflow.exceptions import MlflowException
+
+    with _talking_to(uri, what):
+        try:
+            return call()
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    return None
+
+
+def _service_error(uri: str, what: str, err: Exception, seconds: float) -> ServiceError:
+    message = str(getattr(err, "message", err)).strip()
+    if re.match(r"API request to \S+ failed with (timeout )?exception", message):  # no answer
+        status = re.search(r"too many (\d+) error responses", message)
+        reason = f"HTTP {status[1]} on every attempt" if status else failure_reason(err)
+        if "Connection aborted" in message:  # accepted, then hung up
+            reason = "connection closed without an answer"
+        return ServiceError(
+            f"MLflow at {redact(uri)} did not answer ({reason}; gave up after "
+            f"{seconds:.0f} s) when asked to {what}; is the server up? "
+            "(limits: $MLFLOW_HTTP_REQUEST_TIMEOUT, $MLFLOW_HTTP_REQUEST_MAX_RETRIES)"
+        )
+    code = getattr(err, "error_code", type(err).__name__)
+    first = redact(message.splitlines()[0] if message else "", urlsplit(uri).password)[:300]
+    return ServiceError(f"MLflow at {redact(uri)} failed to {what}: {code}: {first}")
+
+
+def check_registry(tracking: str | None = None) -> None:
+    """Fail now, within the bounds of :func:`client`, if the registry cannot be reached.
+
+    ``s2sam export-model`` asks before spending minutes on an export it could not register.
+    A local (sqlite or file) store is not asked.
+    """
+    uri = tracking or tracking_uri()
+    if _is_local(uri):
+        return  # a local store has no outages to foresee
+    search = client(uri).search_registered_models
+    _ask(uri, "list registered models", lambda: search(max_results=1))
 
 
 def _experiment_id(mlflow_client: Any, uri: str) -> str:
@@ -118,34 +192,6 @@ class RegisteredVersion:
         return f"models:/{self.name}/{self.version}"
 
 
-def _version_tags(manifest: dict[str, Any]) -> dict[str, str]:
-    weights = manifest["weights"]
-    tags = {
-        TAG_KIND: KIND,
-        "s2sam.format": manifest["format"],
-        "s2sam.model_type": manifest["model_type"],
-        "s2sam.weights": weights["kind"],
-        "s2sam.weights_source": str(weights["source"]),
-        "s2sam.checkpoint_sha256": str(weights.get("sha256") or ""),
-        "s2sam.opset": str(manifest["opset"]),
-        "s2sam.architecture": json.dumps(manifest["architecture"], separators=(",", ":")),
-        "s2sam.graphs": ",".join(f"{k}={v['file']}" for k, v in manifest["graphs"].items()),
-        "s2sam.package_version": __version__,
-        "s2sam.versions": json.dumps(manifest.get("versions", {}), separators=(",", ":")),
-    }
-    for name, info in manifest["files"].items():
-        tags[TAG_SHA + name] = info["sha256"]
-    for report in manifest.get("parity", []):
-        graph = str(report["graph"]).removesuffix(".onnx")
-        for key in (
-            "embedding_max_abs_error",
-            "mask_agreement_min",
-            "iou_prediction_max_abs_error",
-        ):
-            tags[f"s2sam.parity.{graph}.{key}"] = f"{report[key]:.6g}"
-    return tags
-
-
 def register_model(
     export_dir: Path,
     model_name: str | None = None,
@@ -158,26 +204,29 @@ def register_model(
 
     A model with random weights never takes an alias unless the caller named the
     alias explicitly (``alias_explicit``): a test model must not become the
-    ``champion`` that production runs resolve by default.
+    ``champion`` that production runs resolve by default. Only the files the manifest
+    lists, and the manifest, are uploaded, each with its sha256 as a version tag.
     """
-    manifest = read_manifest(export_dir)
-    verify_files(Path(export_dir), manifest_digests(manifest), str(export_dir))
+    export_dir = Path(export_dir)
+    manifest = open_model_directory(export_dir).manifest  # consistent and verified
+    manifest_sha256 = file_sha256(export_dir / MANIFEST_NAME)
     name = model_name or default_model_name(manifest["model_type"])
     uri = tracking or tracking_uri()
     mlflow_client = client(uri)
-    run = _log_export_run(mlflow_client, uri, export_dir, manifest)
-    _ensure_registered_model(mlflow_client, name, manifest["model_type"])
-    weights = manifest["weights"]
-    version = mlflow_client.create_model_version(
-        name,
-        source=f"{run.info.artifact_uri}/{ARTIFACT_PATH}",
-        run_id=run.info.run_id,
-        tags=_version_tags(manifest),
-        description=(
-            f"{manifest['model_type']} weights={weights['kind']} ({weights['source']}), "
-            f"exported {manifest.get('exported_at', '')} by s2-sam-pipelines {__version__}"
-        ),
-    )
+    with _talking_to(uri, f"register a version of {name!r}"):
+        run = _log_export_run(mlflow_client, uri, export_dir, manifest)
+        _ensure_registered_model(mlflow_client, uri, name, manifest["model_type"])
+        weights = manifest["weights"]
+        version = mlflow_client.create_model_version(
+            name,
+            source=f"{run.info.artifact_uri}/{ARTIFACT_PATH}",
+            run_id=run.info.run_id,
+            tags=version_tags(manifest, manifest_sha256),
+            description=(
+                f"{manifest['model_type']} weights={weights['kind']} ({weights['source']}), "
+                f"exported {manifest.get('exported_at', '')} by s2-sam-pipelines {__version__}"
+            ),
+        )
     note = None
     set_alias = alias
     if alias and weights["kind"] == "random" and not alias_explicit:
@@ -187,7 +236,8 @@ def register_model(
             "at a random-weights version)"
         )
     if set_alias:
-        mlflow_client.set_registered_model_alias(name, set_alias, version.version)
+        with _talking_to(uri, f"set alias {set_alias!r} of {name!r}"):
+            mlflow_client.set_registered_model_alias(name, set_alias, version.version)
     return RegisteredVersion(name, str(version.version), set_alias, run.info.run_id, note)
 
 
@@ -210,7 +260,8 @@ def _log_export_run(
             graph = str(report["graph"]).removesuffix(".onnx")
             for key in ("mask_agreement_min", "embedding_max_abs_error"):
                 mlflow_client.log_metric(run_id, f"parity_{graph}_{key}", report[key])
-        mlflow_client.log_artifacts(run_id, str(export_dir), artifact_path=ARTIFACT_PATH)
+        for file in [*sorted(manifest["files"]), MANIFEST_NAME]:
+            mlflow_client.log_artifact(run_id, str(export_dir / file), artifact_path=ARTIFACT_PATH)
         mlflow_client.set_terminated(run_id)
     except BaseException:
         mlflow_client.set_terminated(run_id, status="FAILED")
@@ -218,12 +269,8 @@ def _log_export_run(
     return run
 
 
-def _ensure_registered_model(mlflow_client: Any, name: str, model_type: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow_client.get_registered_model(name)
-    except MlflowException:
+def _ensure_registered_model(mlflow_client: Any, uri: str, name: str, model_type: str) -> None:
+    if _ask(uri, f"look up {name!r}", lambda: mlflow_client.get_registered_model(name)) is None:
         mlflow_client.create_registered_model(
             name,
             tags={TAG_KIND: KIND, "s2sam.model_type": model_type},
@@ -242,33 +289,36 @@ def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
     return match["name"], match["alias"], match["version"]
 
 
-def _get_version(mlflow_client: Any, name: str, alias: str | None, version: str | None) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = mlflow_client.get_registered_model(name)
-    except MlflowException:
-        known = sorted(m.name for m in mlflow_client.search_registered_models())
+def _get_version(
+    mlflow_client: Any, uri: str, name: str, alias: str | None, version: str | None
+) -> Any:
+    """The version named; :class:`ModelNotFoundError` only when MLflow says it is not there."""
+    model = _ask(uri, f"look up model {name!r}", lambda: mlflow_client.get_registered_model(name))
+    if model is None:
+        found = _ask(uri, "list registered models", mlflow_client.search_registered_models)
+        known = sorted(m.name for m in found or [])
         raise ModelNotFoundError(
-            f"no registered model {name!r} in {mlflow_client.tracking_uri} (registered: "
+            f"no registered model {name!r} in {redact(uri)} (registered: "
             f"{known or 'none'}); export one with `s2sam export-model`"
-        ) from None
+        )
     if alias is not None:
         aliases = dict(model.aliases or {})
         if alias not in aliases:
             raise ModelNotFoundError(
                 f"registered model {name!r} has no alias {alias!r} (aliases: {aliases or 'none'})"
             )
-        return mlflow_client.get_model_version(name, aliases[alias])
-    if version == "latest":
-        versions = mlflow_client.search_model_versions(f"name='{name}'")
+        version = str(aliases[alias])
+    elif version == "latest":
+        search = mlflow_client.search_model_versions
+        versions = _ask(uri, f"list versions of {name!r}", lambda: search(f"name='{name}'"))
         if not versions:
             raise ModelNotFoundError(f"registered model {name!r} has no versions")
         return max(versions, key=lambda v: int(v.version))
-    try:
-        return mlflow_client.get_model_version(name, version)
-    except MlflowException:
-        raise ModelNotFoundError(f"registered model {name!r} has no version {version}") from None
+    get = mlflow_client.get_model_version
+    mv = _ask(uri, f"look up {name!r} version {version}", lambda: get(name, version))
+    if mv is None:
+        raise ModelNotFoundError(f"registered model {name!r} has no version {version}")
+    return mv
 
 
 def resolve_model(
@@ -278,14 +328,26 @@ def resolve_model(
 
     A registry version is downloaded once into the cache and re-verified against the
     registry's sha256 tags on every call; a copy that fails is deleted and nothing is
-    returned, so a tampered model can never be loaded.
+    returned, so a tampered model can never be loaded. When MLflow does not answer, a
+    version asked for by number (``models:/name/3``) that is cached and still matches
+    the digests recorded when it was fetched is used, with a warning; an alias or
+    ``latest`` can only be answered by the server.
     """
     local = Path(model_uri).expanduser()
     if "://" not in model_uri and local.is_dir():
         return open_model_directory(local)
     name, alias, version = parse_model_uri(model_uri)
     uri = tracking or tracking_uri()
-    mv = _get_version(client(uri), name, alias, version)
+    models = (cache or cache_dir()) / "models" / name
+    try:
+        mv = _get_version(client(uri), uri, name, alias, version)
+    except ServiceError as outage:
+        by_number = version is not None and version != "latest"
+        cached = offline_copy(models / str(version), model_uri, redact(uri)) if by_number else None
+        if cached is None:
+            raise
+        logger.warning("%s; using the verified cached copy of %s", outage, model_uri)
+        return cached
     tags = dict(mv.tags or {})
     if tags.get(TAG_KIND) != KIND:
         raise ModelNotFoundError(
@@ -302,12 +364,14 @@ def resolve_model(
                 download_artifacts(artifact_uri=mv.source, dst_path=str(staging), tracking_uri=uri)
             )
         except Exception as err:  # mlflow raises per store type; say what and where
+            reason = redact(f"{type(err).__name__}: {err}".splitlines()[0], urlsplit(uri).password)
             raise ServiceError(
-                f"{what}: could not download its files from {mv.source}: {err}"
-            ) from err
+                f"{what}: could not download its files from {redact(mv.source)}: {reason}"
+            ) from None
 
-    target = (cache or cache_dir()) / "models" / name / str(mv.version)
-    manifest = cached_copy(target, expected, what, download)
+    target = models / str(mv.version)
+    record = {"tracking_uri": redact(uri), "name": name, "version": str(mv.version)}
+    manifest = cached_copy(target, expected, what, download, record)
     return ResolvedModel(name, str(mv.version), model_uri, target, manifest)
 
 
@@ -326,15 +390,19 @@ class ModelVersionInfo:
 
 def list_models(tracking: str | None = None) -> list[ModelVersionInfo]:
     """Every version of every s2sam SAM model in the registry, newest first per model."""
-    mlflow_client = client(tracking or tracking_uri())
+    uri = tracking or tracking_uri()
+    mlflow_client = client(uri)
     out = []
-    for model in mlflow_client.search_registered_models(max_results=1000):
+    with _talking_to(uri, "list registered models"):
+        models = mlflow_client.search_registered_models(max_results=1000)
+    for model in models:
         if (model.tags or {}).get(TAG_KIND) != KIND:
             continue
         aliases_of: dict[str, list[str]] = {}
         for alias, version in (model.aliases or {}).items():
             aliases_of.setdefault(str(version), []).append(alias)
-        versions = mlflow_client.search_model_versions(f"name='{model.name}'")
+        with _talking_to(uri, f"list versions of {model.name!r}"):
+            versions = mlflow_client.search_model_versions(f"name='{model.name}'")
         for mv in sorted(versions, key=lambda v: -int(v.version)):
             tags = dict(mv.tags or {})
             created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc)

@@ -270,6 +270,23 @@ def _screened_entry(candidate: Candidate, selected: bool) -> dict[str, Any]:
     }
 
 
+LEFTOVERS = (".*.part", ".*.cog", ".*.ovr.tmp", ".*.aux.xml")
+"""Temporary files of a scene being written (this module's and GDAL's): only a killed
+ingest leaves them behind, and the next ingest into the folder removes them."""
+
+
+def start_new_set(out: Path) -> None:
+    """Retire the previous manifest and remove what killed ingests left behind.
+
+    The manifest is written last and lists complete scenes only; deleting it first
+    means a folder holds a manifest only while every scene it lists is in place.
+    """
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for pattern in LEFTOVERS:
+        for leftover in out.glob(pattern):
+            leftover.unlink(missing_ok=True)
+
+
 def read_manifest(scenes_dir: Path) -> list[dict[str, Any]]:
     """The scenes an ingest wrote into ``scenes_dir``, as its manifest lists them.
 

@@ -15,21 +15,20 @@ def ingest_request(
     output_dir: Path,
     *,
     schedule_time: str = "",
-    pc_key: str = "",
     network: NetworkOptions | None = None,
     progress: ProgressCallback | None = None,
 ) -> IngestResult:
     """Ingest the request's scenes into ``output_dir`` (COGs and ``manifest.json``).
 
     ``schedule_time`` ends a lookback window when the request names no reference
-    time; ``pc_key`` is the Planetary Computer key (default: the mounted secret).
+    time. The Planetary Computer key comes from ``$PC_SDK_SUBSCRIPTION_KEY`` (the
+    secret mounted in the task), never from a parameter: parameters reach logs.
     """
     params = ingest_params(
         request.geometry,
         time_range_of(request.dates, schedule_time),
         request.search,
         stac_url=request.stac_url or None,
-        pc_key=pc_key or None,
         network=network,
     )
     return ingest_s2(params, output_dir, progress)

@@ -19,10 +19,12 @@ from typing import Any
 from components.core.chips import ChipGrid, chip_grid
 from components.core.merge import SceneMask
 from components.core.params import PipelineRequest
+from components.core.prompts import DroppedPrompt
 from components.core.records import from_json
 from components.inference.shard import RunStats
-from components.inference.strategy import scene_strategy
+from components.inference.strategy import SceneStrategy, scene_strategy
 from components.io.outputs import POLYGONS, QUICKLOOK, OutputFiles, write_outputs
+from components.io.raster import SceneInfo, pixels_valid
 from components.io.registry import resolve_model
 from components.steps.plan_chips import ScenePlan, ShardPlan, open_planned_scene
 from components.steps.segment import read_masks
@@ -72,11 +74,29 @@ def merge_scene(
         parameters=settings.parameters(),
         run={
             "chips": len(grid),
-            "dropped_prompts": [asdict(d) for d in strategy.dropped],
+            "dropped_prompts": [
+                asdict(d) for d in (*strategy.dropped, *unanswered(strategy, merged, scene, plan))
+            ],
             "stats": stats.to_dict(),
         },
     )
     return MergedScene(files, merged, grid)
+
+
+def unanswered(
+    strategy: SceneStrategy, merged: Sequence[SceneMask], scene: SceneInfo, plan: ScenePlan
+) -> list[DroppedPrompt]:
+    """Prompts whose band stayed empty, with why: never a silently empty band."""
+    out = []
+    for group in strategy.unanswered(merged):
+        clicks = group.points[group.labels == 1]
+        on_data = pixels_valid(scene, clicks[:, 0], clicks[:, 1], plan.scaling.nodata)
+        if len(clicks) and not on_data.any():
+            reason = "every click lies on nodata pixels: nothing to segment there"
+        else:
+            reason = "SAM returned an empty mask for it"
+        out.append(DroppedPrompt(group.prompt_id, None, reason))
+    return out
 
 
 def scene_plans(shards: Sequence[ShardPlan]) -> list[ScenePlan]:

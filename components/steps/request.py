@@ -30,9 +30,6 @@ from components.core.params import (
 )
 from components.core.search import TimeRange, parse_bands, resolve_time_range
 
-NOT_PARAMETERS = frozenset({"pc_key"})
-"""Pipeline parameters that never enter the request (secrets go straight to their task)."""
-
 
 def request_from_parameters(mode: Mode, values: Mapping[str, Any]) -> PipelineRequest:
     """The request of a ``mode`` pipeline run with ``values`` (defaults for the rest).
@@ -44,7 +41,7 @@ def request_from_parameters(mode: Mode, values: Mapping[str, Any]) -> PipelineRe
     unknown = sorted(set(values) - set(PIPELINE_PARAMETERS))
     if unknown:
         raise TypeError(f"not pipeline parameters: {unknown}")
-    v = {**vars(KFP), **{k: val for k, val in values.items() if k not in NOT_PARAMETERS}}
+    v = {**vars(KFP), **values}
     bands = parse_bands(v["band_names"])
     settings = SegmentationSettings(
         mode=mode,

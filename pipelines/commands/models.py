@@ -89,11 +89,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from components.io.network import redact
     from components.io.registry import list_models, tracking_uri
 
-    rows = list_models()
+    rows = list_models()  # an unreachable registry: a one-line ServiceError, exit 1
     if not rows:
-        print(f"no SAM models registered in {tracking_uri()}")
+        print(f"no SAM models registered in {redact(tracking_uri())}")
         return 0
     header = ("NAME", "VERSION", "ALIASES", "TYPE", "WEIGHTS", "SOURCE", "CREATED")
     table = [header] + [

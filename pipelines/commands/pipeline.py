@@ -105,7 +105,9 @@ def _read(path: Path | None, what: str) -> str:
         return ""
     if not path.is_file():
         raise InputError(f"{what} file {path} does not exist")
-    return path.read_text()
+    from components.io.files import read_user_text
+
+    return read_user_text(path, what)
 
 
 def unreachable(urls: list[str], timeout: float = 10.0) -> list[str]:
@@ -128,7 +130,7 @@ def pipeline_values(args: argparse.Namespace, name: str) -> dict[str, Any]:
     from pipelines.definitions import DEFINITIONS
 
     taken = signature(DEFINITIONS[name].function).parameters
-    values = {k: v for k, v in vars(args).items() if k in taken and k != "pc_key"}
+    values = {k: v for k, v in vars(args).items() if k in taken}
     values["geometry"] = _read(args.geometry, "geometry")
     if "prompts" in taken:
         values["prompts"] = _read(args.prompts, "prompts")

@@ -98,9 +98,11 @@ def _segment(args: argparse.Namespace) -> int:
 
     prompts = ""
     if args.prompts is not None:
+        from components.io.files import read_user_text
+
         if not args.prompts.is_file():
             raise InputError(f"prompts file {args.prompts} does not exist")
-        prompts = args.prompts.read_text()
+        prompts = read_user_text(args.prompts, "prompts")
     settings = settings_from(args, "prompted" if args.prompts is not None else "automatic")
     bar = tqdm(total=0, unit="chip", file=sys.stderr, disable=None)
 

@@ -34,10 +34,10 @@ def test_each_task_runs_in_the_image_of_this_version(name):
     "pipeline,check",
     [("segment_s2", "check_prompted_inputs"), ("auto_segment_s2", "check_auto_inputs")],
 )
-def test_the_check_task_takes_every_pipeline_parameter_but_the_secret(pipeline, check):
+def test_the_check_task_takes_every_pipeline_parameter(pipeline, check):
     taken = set(inspect.signature(DEFINITIONS[pipeline].function).parameters)
     inputs = set(tasks.TASKS[check].component_spec.inputs)
-    assert inputs == taken - {"pc_key"}
+    assert inputs == taken
     assert inputs <= set(PIPELINE_PARAMETERS)
 
 
@@ -59,7 +59,7 @@ def test_ingest_runs_in_kfp_local(stac, tmp_path, monkeypatch):
         search=SearchParams(max_cloud_cover=100.0, strategy="all", max_roi_cloud_fraction=0.3),
         stac_url=stac.url,
     )
-    task = tasks.ingest_s2(request=to_json(request), schedule_time="", pc_key="")
+    task = tasks.ingest_s2(request=to_json(request), schedule_time="")
     assert task.outputs["Output"] == 3
     scenes = task.outputs["scenes"]
     assert scenes.metadata["acquisitions"] == [

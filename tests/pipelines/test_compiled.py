@@ -10,13 +10,13 @@ from pipelines.compile import COMPILED_DIR, compile_pipelines
 from pipelines.definitions import DEFINITIONS
 
 FARMVIBES = {
-    "segment_s2": {"model_type": "vit_b", "spatial_overlap": 0.5, "pc_key": ""},
+    "segment_s2": {"model_type": "vit_b", "spatial_overlap": 0.5},
     "auto_segment_s2": {
         "model_type": "vit_b", "spatial_overlap": 0.5, "points_per_side": 16,
         "n_crop_layers": 0, "crop_overlap_ratio": 0.0, "crop_n_points_downscale_factor": 1,
         "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
         "stability_score_offset": 1.0, "points_per_batch": 16, "num_workers": 0,
-        "in_memory": True, "chip_nms_thr": 0.7, "mask_nms_thr": 0.5, "pc_key": "",
+        "in_memory": True, "chip_nms_thr": 0.7, "mask_nms_thr": 0.5,
     },
 }  # fmt: skip
 

@@ -22,10 +22,31 @@ EMPTY_PROMPTS = json.dumps({"type": "FeatureCollection", "features": []})
 DATES = ["--start-date", "2021-06-01", "--end-date", "2021-09-30", "--max-cloud-cover", "100"]
 
 
-def s2sam(*args):
+def s2sam(*args, env=None):
     return subprocess.run(
-        [S2SAM, *map(str, args)], capture_output=True, text=True, timeout=1200, env=os.environ
-    )
+        [S2SAM, *map(str, args)], capture_output=True, text=True, timeout=1200,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+SECRETS = {
+    "PC_SDK_SUBSCRIPTION_KEY": "planted-pc-key-0f3a9c",
+    "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-pw-77b2",
+    "KF_PIPELINES_TOKEN": "planted-kfp-token-5d1e",
+}
+"""Credentials as a user's shell would hold them: none may reach a log or an output."""
+
+
+def assert_no_secret_in(folder: Path, *texts: str) -> None:
+    for text in texts:
+        for secret in SECRETS.values():
+            assert secret not in text
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        for secret in SECRETS.values():
+            assert secret.encode() not in data, f"{secret} in {path}"
 
 
 @pytest.fixture
@@ -67,7 +88,7 @@ def test_auto_segment_s2_end_to_end(setup, tmp_path):
         "run", "auto-segment-s2", "--geometry", area, *DATES, "--stac-url", stac.url,
         "--model-uri", "models:/sam-vit_tiny@champion", "--points-per-side", "4",
         "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--chip-shards", "2",
-        "--output-dir", out,
+        "--output-dir", out, "--keep-intermediates", env=SECRETS,
     )  # fmt: skip
     seconds = time.perf_counter() - started
     print(f"auto_segment_s2 local run: {seconds:.0f} s wall")
@@ -78,6 +99,8 @@ def test_auto_segment_s2_end_to_end(setup, tmp_path):
     assert len(polygons) == run["metrics"][next(iter(run["metrics"]))]["polygons"]
     for task in ("check-auto-inputs", "ingest-s2", "resolve-model", "plan-chips", "merge-masks"):
         assert f"task {task}: SUCCESS" in result.stderr  # per-task progress
+    # task logs (run.log), run.json, every sink and the kept KFP intermediates
+    assert_no_secret_in(out, result.stdout, result.stderr)
 
 
 def test_segment_s2_end_to_end(setup, tmp_path):

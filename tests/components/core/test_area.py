@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -22,6 +23,8 @@ from components.core.area import (
     snapped_grid,
     utm_epsg,
 )
+from components.core.limits import MAX_FEATURES, MAX_GEOJSON_BYTES
+from components.errors import InputError
 
 TO_LONLAT = Transformer.from_crs(32633, 4326, always_xy=True)
 
@@ -216,6 +219,133 @@ def test_whole_tile_fits_the_default_limit():
 def test_geodesic_area_of_one_degree_at_the_equator():
     cell = shapely.box(0, 0, 1, 1)
     assert geodesic_area_km2(cell) == pytest.approx(12308.8, rel=1e-3)
+
+
+# --- hostile, malformed and oversized input ---------------------------------------------
+
+UTM33 = {"type": "name", "properties": {"name": "EPSG:32633"}}
+
+
+def utm_square(left: float, bottom: float, size: float) -> dict:
+    ring = [
+        [left, bottom],
+        [left + size, bottom],
+        [left + size, bottom + size],
+        [left, bottom + size],
+        [left, bottom],
+    ]
+    return {"type": "Polygon", "coordinates": [ring], "crs": UTM33}
+
+
+def test_deep_nesting_is_an_input_error_not_a_recursion_error():
+    deep = '{"type": "Polygon", "coordinates": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(InputError, match="geometry text is JSON nested 100001 levels deep"):
+        parse_area(deep)
+    # A mapping given directly is walked only as deep as its geometry type needs.
+    nested: list = [[12.0, 48.0]]
+    for _ in range(5_000):
+        nested = [nested]
+    with pytest.raises(InputError, match="non-finite or non-numeric"):
+        parse_area({"type": "Polygon", "coordinates": nested})
+
+
+@pytest.mark.parametrize(("digits", "shown"), [(401, "401"), (5_000, "5,000")])
+def test_long_integers_are_refused_where_the_text_is_read(digits, shown):
+    # 400 digits raised OverflowError in _all_finite; over 4,300 Python's own ValueError.
+    text = '{"type": "Polygon", "coordinates": [[[0, 0], [%s, 0], [1, 1], [0, 0]]]}' % (
+        "1" * digits
+    )
+    with pytest.raises(InputError, match=f"integer of {shown} digits, more than the limit of 100"):
+        parse_area(text)
+
+
+def test_an_int_too_large_for_a_float_in_a_mapping_is_not_finite():
+    doc = {"type": "Polygon", "coordinates": [[[0, 0], [10**400, 0], [1, 1], [0, 0]]]}
+    with pytest.raises(InputError, match="non-finite or non-numeric coordinates"):
+        parse_area(doc)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "IAU_2015:30100",
+        'ENGCRS["site",EDATUM["d"],CS[Cartesian,2],AXIS["x",east,LENGTHUNIT["metre",1]],'
+        'AXIS["y",north,LENGTHUNIT["metre",1]]]',
+        "+proj=longlat +a=1 +b=1",
+    ],
+)
+def test_a_crs_pyproj_cannot_transform_is_named(name):
+    doc = {**SQUARE, "crs": {"type": "name", "properties": {"name": name}}}
+    with pytest.raises(InputError, match=r"geometry 'crs' name .*: pyproj cannot transform"):
+        parse_area(doc)  # ProjError before
+
+
+@pytest.mark.parametrize("size", [1e12, 1e9, 2e8])
+def test_projected_coordinates_beyond_the_earth_fail_at_once(size):
+    # 1e12 raised GEOSException; 1e9 took 36 s of densifying to reach an error.
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=r"the geometry has a coordinate of .*, beyond ±1e\+08"):
+        parse_area(utm_square(0.0, 0.0, size))
+    assert time.perf_counter() - start < 1.0
+
+
+def test_densifying_is_bounded_for_huge_outlines_inside_the_limit():
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="cannot be projected"):
+        parse_area(utm_square(-5e7, -5e7, 9.9e7))  # 4e8 m of outline
+    assert time.perf_counter() - start < 2.0
+
+
+def test_lon_lat_numbers_under_a_projected_crs_are_too_small_an_area():
+    doc = {**SQUARE, "crs": UTM33}  # was accepted as a 0.0015 m² area and searched
+    with pytest.raises(InputError, match=r"covers 0\.00\d+ m², less than one 10 m pixel \(100 m²"):
+        parse_area(doc)
+    assert parse_area(utm_square(280_000.0, 5_352_000.0, 10.1)).area_km2 * 1e6 == pytest.approx(
+        102.0, rel=2e-3
+    )
+    with pytest.raises(InputError, match="less than one 10 m pixel"):
+        parse_area(utm_square(280_000.0, 5_352_000.0, 9.9))
+
+
+def test_a_byte_order_mark_is_skipped():
+    assert parse_area("\ufeff" + json.dumps(SQUARE)).geometry.equals(parse_area(SQUARE).geometry)
+
+
+def test_too_large_a_text_and_too_many_features_are_refused():
+    with pytest.raises(InputError, match="geometry text is 10,48"):
+        parse_area(json.dumps(SQUARE) + " " * MAX_GEOJSON_BYTES)
+    feature = {"type": "Feature", "properties": {}, "geometry": SQUARE}
+    doc = {"type": "FeatureCollection", "features": [feature] * (MAX_FEATURES + 1)}
+    with pytest.raises(InputError, match="10,001 features, more than the limit of 10,000"):
+        parse_area(doc)
+
+
+def test_many_separate_fields_union_quickly_and_exactly():
+    # 10,000 separate fields took GEOS 12 s to union; meeting fields still merge.
+    fields = [shapely.box(12 + 0.001 * i, 48, 12 + 0.001 * i + 0.0008, 48.0008) for i in range(3)]
+    fields += [shapely.box(12.01, 48, 12.011, 48.001), shapely.box(12.0105, 48, 12.012, 48.001)]
+    fields += [shapely.box(12.02, 48, 12.021, 48.001), shapely.box(12.021, 48.001, 12.022, 48.002)]
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "properties": {}, "geometry": f.__geo_interface__} for f in fields
+        ],
+    }
+    area = parse_area(doc)
+    assert area.geometry.is_valid
+    assert area.geometry.equals(shapely.union_all(fields))
+    assert len(area.geometry.geoms) == 6  # two overlap, two touch at a corner
+    many = [
+        {"type": "Feature", "properties": {}, "geometry": mapping}
+        for i in range(5_000)
+        for mapping in [
+            shapely.box(12 + 0.001 * i, 48, 12.0008 + 0.001 * i, 48.0008).__geo_interface__
+        ]
+    ]
+    start = time.perf_counter()
+    area = parse_area({"type": "FeatureCollection", "features": many})
+    assert time.perf_counter() - start < 5.0
+    assert len(area.geometry.geoms) == 5_000
 
 
 # --- UTM zone -------------------------------------------------------------------------

@@ -12,6 +12,12 @@ from affine import Affine
 from pyproj import CRS, Transformer
 
 from components.core.chips import Chip, chip_grid
+from components.core.limits import (
+    MAX_FEATURES,
+    MAX_GEOJSON_BYTES,
+    MAX_POINTS_PER_GROUP,
+    MAX_PROMPT_GROUPS,
+)
 from components.core.prompt_geojson import parse_prompts
 from components.core.prompts import (
     PromptGroup,
@@ -20,6 +26,8 @@ from components.core.prompts import (
     prompts_for_chip,
     prompts_to_scene,
 )
+from components.core.rendering import band_name
+from components.errors import InputError
 
 # A UTM scene whose origin is far from (0, 0) and whose y scale is negative, as every
 # north-up raster's is: pixel (col, row) has its corner at (X0 + 10 col, Y0 - 10 row).
@@ -629,3 +637,212 @@ def test_real_parcel_polygons_land_on_their_bounds(shared_file) -> None:
         expected = ((x0 - left) / RES, (top - y1) / RES, (x1 - left) / RES, (top - y0) / RES)
         assert g.box == pytest.approx(expected, abs=0.01)  # 10 cm
         assert len(g.points) == 0
+
+
+# --- hostile, malformed and oversized input ---------------------------------------
+
+ENGCRS = (
+    'ENGCRS["site",EDATUM["site datum"],CS[Cartesian,2],'
+    'AXIS["x",east,LENGTHUNIT["metre",1]],AXIS["y",north,LENGTHUNIT["metre",1]]]'
+)
+
+
+def point_text(x: str, y: str = "5299500") -> str:
+    """A one-point prompt file whose coordinates are written as given (raw JSON)."""
+    return (
+        '{"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": '
+        '"EPSG:32633"}}, "features": [{"type": "Feature", "properties": {"label": 1, '
+        f'"prompt_id": 1}}, "geometry": {{"type": "Point", "coordinates": [{x}, {y}]}}}}]}}'
+    )
+
+
+def test_deep_nesting_is_an_input_error_not_a_recursion_error() -> None:
+    deep = '{"type": "FeatureCollection", "features": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(InputError, match="nested 100001 levels deep, more than the limit of 64"):
+        parse_prompts(deep)
+
+
+@pytest.mark.parametrize(("digits", "shown"), [(400, "401"), (5_000, "5,000")])
+def test_long_integers_are_refused_where_the_text_is_read(digits: int, shown: str) -> None:
+    # 400 digits raised OverflowError in float(); over 4,300 Python's own ValueError.
+    number = "1" + "0" * (digits - 1) if digits == 400 else "9" * digits
+    with pytest.raises(InputError, match=f"integer of {shown} digits, more than the limit of 100"):
+        parse_prompts(point_text(number + ("0" if digits == 400 else "")))
+
+
+def test_an_int_too_large_for_a_float_in_a_mapping_is_not_finite() -> None:
+    doc = collection(feature({"type": "Point", "coordinates": [10**400, 5_299_500]}))
+    with pytest.raises(InputError, match=r"feature 0 \(prompt_id 1\): coordinates must be finite"):
+        parse_prompts(doc)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("IAU_2015:30100", "celestial body"),  # the Moon
+        (ENGCRS, ""),  # no datum to transform through
+        ("+proj=longlat +a=1 +b=1", "celestial body"),  # a 1 m sphere
+    ],
+)
+def test_a_crs_pyproj_cannot_transform_is_named(name: str, why: str) -> None:
+    doc = collection(feature(point(1, 1)), crs={"type": "name", "properties": {"name": name}})
+    with pytest.raises(InputError, match="pyproj cannot transform") as err:
+        parse_prompts(doc)  # ProjError at load_prompts before
+    assert why in str(err.value) and "'crs' name" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("EPSG:32633\x00", r"'crs' name 'EPSG:32633\\x00' holds U\+0000, a control character"),
+        ("\ud800", r"holds U\+D800, a lone surrogate"),  # UnicodeEncodeError before
+        ("EPSG:" + "3" * 70_000, "name is 70,005 characters long, more than the limit of 65,536"),
+    ],
+)
+def test_crs_names_no_crs_can_have_are_refused(name: str, match: str) -> None:
+    doc = collection(feature(point(1, 1)), crs={"type": "name", "properties": {"name": name}})
+    with pytest.raises(InputError, match=match):
+        parse_prompts(doc)
+
+
+@pytest.mark.parametrize("value", ["1e12", "1e9", "-100000001"])
+def test_projected_coordinates_beyond_the_earth_are_refused(value: str) -> None:
+    with pytest.raises(InputError, match=r"feature 0 \(prompt_id 1\) has a coordinate of .*beyond"):
+        parse_prompts(point_text(value))
+    assert parse_prompts(point_text("99999999")).features[0].coordinates[0][0] == 99_999_999
+
+
+def test_projected_limit_is_in_the_crs_unit() -> None:
+    feet = {"type": "name", "properties": {"name": "EPSG:2263"}}  # NY Long Island, US feet
+    doc = collection(feature({"type": "Point", "coordinates": [2e8, 1e6]}), crs=feet)
+    assert parse_prompts(doc).features[0].coordinates == ((2e8, 1e6),)  # 6.1e7 m
+    doc = collection(feature({"type": "Point", "coordinates": [4e8, 1e6]}), crs=feet)
+    with pytest.raises(InputError, match=r"beyond ±3\.28\d*e\+08"):
+        parse_prompts(doc)
+
+
+def test_a_byte_order_mark_is_skipped() -> None:
+    doc = collection(feature(point(1.5, 2.5)))
+    assert parse_prompts("\ufeff" + json.dumps(doc)) == parse_prompts(doc)
+
+
+@pytest.mark.parametrize(
+    ("ids", "match"),
+    [
+        (["\x00a", "\x00b"], r"prompt_id '\\x00a' holds U\+0000, a control character"),
+        (["a\nb"], r"U\+000A, a control character"),
+        (["\x7f"], r"U\+007F, a control character"),
+        (["field-\ud800"], r"U\+D800, a lone surrogate, not UTF-8 text"),
+        (["x" * 201], "prompt_id is 201 characters long, more than the limit of 200"),
+        (["x" * 50_000_000], "50,000,000 characters long"),
+        ([10**200], "an int of more than 200 digits"),
+        ([-(10**200)], "an int of more than 200 digits"),
+    ],
+)
+def test_ids_that_cannot_name_a_band_are_refused_when_parsing(ids: list[Any], match: str) -> None:
+    doc = collection(*(feature(point(1 + k, 1), 1, pid) for k, pid in enumerate(ids)))
+    with pytest.raises(InputError, match=match) as err:
+        parse_prompts(doc)
+    assert len(str(err.value)) < 300
+
+
+def test_ids_at_the_limits_are_accepted_and_give_distinct_band_names() -> None:
+    ids: list[Any] = ["x" * 200, 10**200 - 1, "é-field", "名前", "a b", "\u200d"]
+    doc = collection(*(feature(point(1 + k, 1), 1, pid) for k, pid in enumerate(ids)))
+    assert parse_prompts(doc).prompt_ids == tuple(ids)
+    names = {band_name(pid) for pid in ids}
+    assert len(names) == len(ids)
+
+
+def test_a_lone_surrogate_from_json_text_fails_before_inference() -> None:
+    text = json.dumps(collection(feature(point(1, 1), 1, "\ud800")))
+    assert '"\\ud800"' in text  # an escape in the file: valid JSON, not valid UTF-8 text
+    with pytest.raises(InputError, match="lone surrogate"):
+        parse_prompts(text)
+
+
+def test_too_large_a_text_is_refused_before_parsing() -> None:
+    text = json.dumps(collection(feature(point(1, 1)))) + " " * MAX_GEOJSON_BYTES
+    with pytest.raises(InputError, match=r"prompts text is 10,48\d,\d{3} characters, more than"):
+        parse_prompts(text)
+
+
+def test_too_many_features_are_refused() -> None:
+    one = feature(point(1, 1))
+    with pytest.raises(InputError, match="10,001 features, more than the limit of 10,000"):
+        parse_prompts(collection(*([one] * (MAX_FEATURES + 1))))
+
+
+def test_too_many_points_in_a_group_are_refused() -> None:
+    cols_rows = [(k % 200, k // 200) for k in range(MAX_POINTS_PER_GROUP + 1)]
+    with pytest.raises(InputError, match=r"feature 0 \(prompt_id 1\): 1,001 points, more than"):
+        parse_prompts(collection(feature(multipoint(*cols_rows))))
+    doc = collection(feature(multipoint(*cols_rows[:600])), feature(multipoint(*cols_rows[600:])))
+    with pytest.raises(InputError, match="prompt_id 1: 1,001 points, more than the limit of 1,000"):
+        parse_prompts(doc)
+    doc = collection(feature(multipoint(*cols_rows[:-1])), feature(rect(0, 0, 10, 10)))
+    assert len(parse_prompts(doc).features) == 2  # a box's ring is not a point prompt
+
+
+def test_too_many_groups_are_refused() -> None:
+    doc = collection(*(feature(point(1, 1), 1, k) for k in range(MAX_PROMPT_GROUPS + 1)))
+    with pytest.raises(InputError, match=r"5,001 prompt groups .* more than the limit of 5,000"):
+        parse_prompts(doc)
+    doc["features"].pop()
+    assert len(parse_prompts(doc).prompt_ids) == MAX_PROMPT_GROUPS
+
+
+def lonlat_box(west: float, south: float, east: float, north: float) -> dict[str, Any]:
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    return {"type": "Polygon", "coordinates": [ring]}
+
+
+@pytest.mark.parametrize(
+    ("raster_crs", "transform"),
+    [
+        # Where a world box's 32 points per edge never come near the scene (it was
+        # "outside the scene" there), and the tests' usual scene.
+        ("EPSG:32633", Affine(RES, 0.0, 300_000.0, 0.0, -RES, 1_000_000.0)),
+        ("EPSG:3035", Affine(RES, 0.0, 4_000_000.0, 0.0, -RES, 3_000_000.0)),
+        (UTM, TRANSFORM),
+        ("EPSG:32733", TRANSFORM),
+    ],
+)
+@pytest.mark.parametrize(
+    ("box", "crs"),
+    [
+        (lonlat_box(-180, -90, 180, 90), None),
+        (lonlat_box(-179.9, -89.9, 179.9, 89.9), None),
+        (
+            lonlat_box(-20_037_508.34, -20_048_966.1, 20_037_508.34, 20_048_966.1),
+            {"type": "name", "properties": {"name": "EPSG:3857"}},
+        ),
+    ],
+)
+def test_a_box_larger_than_the_scene_is_clipped_to_it(
+    raster_crs: str, transform: Affine, box: dict[str, Any], crs: Any
+) -> None:
+    doc = collection(feature(box), crs=crs)
+    prompts = load_prompts(doc, raster_crs, transform, HEIGHT, WIDTH)
+    assert prompts.dropped == ()
+    assert prompts.groups[0].box == (0.0, 0.0, float(WIDTH), float(HEIGHT))
+
+
+def test_a_box_partly_in_the_scene_keeps_its_edge_after_clipping() -> None:
+    # A box from the scene's centre to far beyond its corner, in lon/lat: clipping in
+    # lon/lat first must not move the inner corner.
+    to_lonlat = Transformer.from_crs(UTM, "OGC:CRS84", always_xy=True)
+    lon, lat = to_lonlat.transform(*xy(50, 40))
+    doc = collection(feature(lonlat_box(lon, -60.0, 60.0, lat)), crs=None)
+    box = load_prompts(doc, UTM, TRANSFORM, HEIGHT, WIDTH).groups[0].box
+    assert box is not None
+    assert box[:2] == pytest.approx((50.0, 40.0), abs=0.05)
+    assert box[2:] == (float(WIDTH), float(HEIGHT))
+
+
+def test_a_box_missing_the_scene_is_still_dropped_with_its_pixels() -> None:
+    doc = collection(feature(rect(300, 0, 400, 50)), feature(point(1, 1), 1, 2))
+    prompts = load_prompts(doc, UTM, TRANSFORM, HEIGHT, WIDTH)
+    assert prompts.dropped[0].reason == (
+        "box (cols 300.0..400.0, rows 0.0..50.0) is outside the 200 x 100 px scene"
+    )

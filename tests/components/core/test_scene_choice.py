@@ -32,6 +32,7 @@ from components.core.search import (
     parse_instant,
     resolve_time_range,
 )
+from components.errors import InputError
 
 UTC = timezone.utc
 NOW = datetime(2024, 6, 30, 12, 0, tzinfo=UTC)
@@ -108,6 +109,41 @@ def test_instants():
         format_instant(datetime(2021, 6, 17, 10, 5, 59, 24000, tzinfo=UTC))
         == "2021-06-17T10:05:59.024000Z"
     )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        # Each raised OverflowError ("date value out of range") before.
+        ({"lookback_days": 1_000_000}, "lookback_days 1,000,000 is more than the limit of 36,525"),
+        (
+            {"lookback_days": 10, "reference_time": "0001-01-03"},
+            "lookback_days 10 before reference_time 0001-01-03T23:59:59.999999Z reaches before",
+        ),
+        (
+            {"start_date": "2024-01-01", "end_date": "9999-12-31T23:59:59-01:00"},
+            "end_date '9999-12-31T23:59:59-01:00' is out of range",
+        ),
+        (
+            {"start_date": "0001-01-01T00:00:00+01:00", "end_date": "2024-01-01"},
+            "start_date '0001-01-01T00:00:00+01:00' is out of range",
+        ),
+        ({"lookback_days": 10**30}, "more than the limit"),
+    ],
+)
+def test_out_of_range_dates_are_input_errors(kwargs, message):
+    with pytest.raises(InputError) as err:
+        resolve_time_range(**kwargs, now=NOW)
+    assert message in str(err.value)
+
+
+def test_extreme_but_representable_dates_still_work():
+    tr = resolve_time_range(lookback_days=36_525, now=NOW)
+    assert tr.start == NOW - timedelta(days=36_525)
+    tr = resolve_time_range(lookback_days=2, reference_time="0001-01-03")
+    assert format_instant(tr.start) == "0001-01-01T23:59:59.999999Z"  # four-digit year
+    tr = resolve_time_range(start_date="2024-01-01", end_date="9999-12-31")
+    assert format_instant(tr.end) == "9999-12-31T23:59:59.999999Z"
 
 
 # --- bands --------------------------------------------------------------------------

@@ -133,3 +133,21 @@ def test_no_groups_no_work(models):
 def test_bad_params():
     with pytest.raises(ValueError, match="refine_iterations"):
         PromptParams(refine_iterations=-1)
+
+
+def test_many_groups_are_decoded_in_bounded_batches_with_the_same_masks(models, monkeypatch):
+    from components.inference import prompted
+
+    model, _ = models
+    rng = np.random.default_rng(5)
+    clicks = [group(f"c{k}", [rng.uniform(10, 1000, 2)], [1]) for k in range(11)]
+    boxes = [group(f"b{k}", box=(float(10 * k), 20.0, 300.0 + k, 400.0)) for k in range(6)]
+    embedding = model.encode(parity_images(1024, 3)[:1])
+    one_call = segment_groups(model, embedding, clicks + boxes)
+    monkeypatch.setattr(prompted, "PROMPT_SETS_PER_CALL", 4)
+    before = model.decoder_calls
+    batched = segment_groups(model, embedding, clicks + boxes)
+    assert model.decoder_calls - before == 3 + 2  # ceil(11 / 4) clicks, ceil(6 / 4) boxes
+    for a, b in zip(one_call, batched, strict=True):
+        assert a.prompt_id == b.prompt_id and np.array_equal(a.mask, b.mask)
+        assert a.predicted_iou == pytest.approx(b.predicted_iou, abs=1e-6)

@@ -537,3 +537,22 @@ def test_cog_host_failing_leaves_no_partial_cog(stac, tmp_path, kind):
     assert leftovers(out) == [], (
         "a failed ingest leaves neither a COG, a temporary file nor a manifest"
     )
+
+
+def test_a_killed_ingests_leftovers_are_cleaned_and_the_stale_manifest_retired(stac, tmp_path):
+    """A killed ingest leaves temporary files (up to tens of MB) and maybe an old manifest
+    beside new scenes: the next ingest into the folder removes them first."""
+    out = tmp_path / "out"
+    out.mkdir()
+    planted = [
+        ".S2B_20230502_R022.tif.4242.part",
+        ".S2B_20230502_R022.tif.4242.cog",
+        ".S2B_20230502_R022.tif.4242.cog.ovr.tmp",
+    ]
+    for name in planted:
+        (out / name).write_bytes(b"x" * 1000)
+    (out / MANIFEST_NAME).write_text('{"scenes": [{"file": "gone.tif"}]}')
+    result = ingest(stac, out, roi("single"), **D1)
+    assert leftovers(out) == sorted([MANIFEST_NAME, f"{result.scenes[0].key}.tif"])
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert [s["file"] for s in manifest["scenes"]] == [f"{result.scenes[0].key}.tif"]

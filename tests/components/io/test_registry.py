@@ -89,7 +89,8 @@ def test_a_tampered_registered_file_is_refused(tiny_export, local_registry):
     with pytest.raises(IntegrityError, match=r"decoder.onnx has sha256 .* refusing"):
         resolve_model("models:/sam-t@champion")
     cache = local_registry / "cache" / "models" / "sam-t"
-    assert not cache.exists() or list(cache.iterdir()) == []  # nothing kept, nothing used
+    # nothing kept, nothing used (the lock file of the fetch may stay)
+    assert not cache.exists() or [p.name for p in cache.iterdir()] in ([], [".1.lock"])
     assert reg.version == "1"
 
 

@@ -201,3 +201,25 @@ def test_bad_inputs_fail_before_heavy_work(scene, tmp_path, tiny_export):
             prompts=prompts_at([(5000, 5000)]),
         )  # fmt: skip
     assert not (tmp_path / "o").exists()
+
+
+def test_a_click_on_nodata_is_reported_not_silently_empty(model, scene, tmp_path):
+    # columns from 676 on are nodata: p1's click has nothing to segment
+    out = segment_raster(
+        scene.path, tmp_path / "out", SegmentationSettings("prompted"),
+        prompts=prompts_at([(100, 100), (1000, 500)]), model_uri=str(model_dir(model)),
+    )  # fmt: skip
+    (dropped,) = out.summary["dropped_prompts"]
+    assert dropped["prompt_id"] == "p1" and "nodata" in dropped["reason"]
+    assert out.summary["masks"] == 1 and out.summary["prompt_ids"] == ["p0", "p1"]
+
+
+def test_an_all_nodata_raster_is_an_error_not_an_empty_result(tmp_path, tiny_export):
+    from components.errors import NoDataError
+
+    path = write_scene(tmp_path / "empty.tif", height=300, width=400, nodata_from_col=0)
+    with pytest.raises(NoDataError, match=r"empty.tif has no valid pixel .*nothing to segment"):
+        segment_raster(
+            path, tmp_path / "o", SegmentationSettings("automatic"), model_uri=str(tiny_export)
+        )
+    assert not (tmp_path / "o").exists()
