@@ -49,7 +49,13 @@ def check_auto_inputs(
     band_scaling: str,
     band_offset: str,
     min_mask_region_area: int,
+    upsample: int,
     chip_shards: int,
+    field_simplify_m: float,
+    field_min_area_m2: float,
+    field_max_area_m2: float,
+    field_fill_holes_m2: float,
+    field_opening_m: float,
     stac_url: str,
 ) -> str:
     """Check an ``auto_segment_s2`` request (no network, no model); return it as JSON."""
@@ -72,6 +78,7 @@ def check_prompted_inputs(
     model_type: str,
     model_uri: str,
     spatial_overlap: float,
+    upsample: int,
     max_cloud_cover: float,
     max_scenes: int,
     band_names: str,
@@ -79,6 +86,11 @@ def check_prompted_inputs(
     band_offset: str,
     chip_shards: int,
     refine_iterations: int,
+    field_simplify_m: float,
+    field_min_area_m2: float,
+    field_max_area_m2: float,
+    field_fill_holes_m2: float,
+    field_opening_m: float,
     stac_url: str,
 ) -> str:
     """Check a ``segment_s2`` request (no network, no model); return it as JSON."""
@@ -214,13 +226,14 @@ def merge_masks(
     model_uri: str,
     segmentation_mask: dsl.Output[dsl.Dataset],
     polygons: dsl.Output[dsl.Dataset],
+    fields: dsl.Output[dsl.Dataset],
     quicklook: dsl.Output[dsl.Markdown],
     metrics: dsl.Output[dsl.Metrics],
 ) -> None:
-    """Merge every shard's masks per scene; write COGs, GeoParquet, quick-looks, metrics."""
+    """Merge every shard's masks per scene; write COGs, GeoParquet, fields, quick-looks."""
     from pathlib import Path
 
-    from components.steps.merge_masks import merge_and_publish
+    from components.steps.merge_masks import VectorSinks, merge_and_publish
     from components.steps.reporting import report_step_errors
 
     with report_step_errors("merge_masks"):
@@ -231,7 +244,7 @@ def merge_masks(
             request,
             model_uri,
             Path(segmentation_mask.path),
-            Path(polygons.path),
+            VectorSinks(Path(polygons.path), Path(fields.path)),
             Path(quicklook.path),
         )
     for name, value in values.items():

@@ -10,7 +10,7 @@ Shape of both segmentation pipelines (the front and back halves are shared)::
 heavy starts and hands the checked request on. ``resolve_model`` pins the alias to
 one version, so every shard uses the same model even if the alias moves mid-run.
 Sinks keep FarmVibes' names: ``s2_raster`` (the scene COGs) and
-``segmentation_mask``, plus ``polygons``.
+``segmentation_mask``, plus ``polygons`` and ``fields`` (fiboa GeoParquet).
 
 Defaults and parameter descriptions come from the one table
 (:mod:`components.core.params`); the Kubeflow UI shows the generated docstrings.
@@ -42,11 +42,12 @@ from pipelines.kubernetes import configure_cpu_task, configure_inference_task
 
 
 class Sinks(NamedTuple):
-    """The pipelines' outputs, named as FarmVibes' sinks (plus the polygons)."""
+    """The pipelines' outputs, named as FarmVibes' sinks (plus polygons and fields)."""
 
     s2_raster: dsl.Dataset
     segmentation_mask: dsl.Dataset
     polygons: dsl.Dataset
+    fields: dsl.Dataset
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def _back(check: Any, prompts: Any, name: str, front: tuple[Any, Any]) -> Sinks:
         s2_raster=ingest.outputs["scenes"],
         segmentation_mask=merge.outputs["segmentation_mask"],
         polygons=merge.outputs["polygons"],
+        fields=merge.outputs["fields"],
     )
 
 
@@ -121,6 +123,7 @@ def segment_s2(
     reference_time: str = KFP.reference_time,
     model_type: str = KFP.model_type,
     spatial_overlap: float = KFP.spatial_overlap,
+    upsample: int = KFP.upsample,
     model_uri: str = KFP.model_uri,
     max_cloud_cover: float = KFP.max_cloud_cover,
     max_scenes: int = KFP.max_scenes,
@@ -129,6 +132,11 @@ def segment_s2(
     band_offset: str = KFP.band_offset,
     chip_shards: int = KFP.chip_shards,
     refine_iterations: int = KFP.refine_iterations,
+    field_simplify_m: float = KFP.field_simplify_m,
+    field_min_area_m2: float = KFP.field_min_area_m2,
+    field_max_area_m2: float = KFP.field_max_area_m2,
+    field_fill_holes_m2: float = KFP.field_fill_holes_m2,
+    field_opening_m: float = KFP.field_opening_m,
     stac_url: str = KFP.stac_url,
 ) -> Sinks:
     """Segment fields in Sentinel-2 imagery from prompts."""  # Args: generated, see DEFINITIONS
@@ -164,7 +172,13 @@ def auto_segment_s2(
     band_scaling: str = KFP.band_scaling,
     band_offset: str = KFP.band_offset,
     min_mask_region_area: int = KFP.min_mask_region_area,
+    upsample: int = KFP.upsample,
     chip_shards: int = KFP.chip_shards,
+    field_simplify_m: float = KFP.field_simplify_m,
+    field_min_area_m2: float = KFP.field_min_area_m2,
+    field_max_area_m2: float = KFP.field_max_area_m2,
+    field_fill_holes_m2: float = KFP.field_fill_holes_m2,
+    field_opening_m: float = KFP.field_opening_m,
     stac_url: str = KFP.stac_url,
 ) -> Sinks:
     """Segment every object (field) in Sentinel-2 imagery automatically."""  # Args: generated

@@ -26,8 +26,9 @@ from typing import Any, TextIO
 from components.errors import TaskFailed
 from components.steps.reporting import parse_step_error
 from components.version import __version__
+from pipelines.definitions import Sinks
 
-SINKS = ("s2_raster", "segmentation_mask", "polygons")
+SINKS: tuple[str, ...] = Sinks._fields
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import yaml
 
+from components.core.fields import FieldCleaning
 from components.core.params import (
     KFP,
     PIPELINE_PARAMETERS,
@@ -28,7 +29,7 @@ from pipelines.definitions import DEFINITIONS
 
 RECORDS = (
     SearchParams, RadiometryParams, AmgParams, PromptParams, ExecutionParams,
-    SegmentationSettings, DateWindow, PipelineRequest,
+    SegmentationSettings, DateWindow, PipelineRequest, FieldCleaning,
 )  # fmt: skip
 
 
@@ -61,7 +62,10 @@ def test_compiled_pipelines_take_the_tables_defaults_and_descriptions(pipeline):
 def test_every_field_has_a_description_and_the_defaults_validate():
     for record in RECORDS:
         for field in dataclasses.fields(record):
-            if dataclasses.is_dataclass(field.default) or field.name == "mode":
+            nested = dataclasses.is_dataclass(field.default) or dataclasses.is_dataclass(
+                field.default_factory
+            )
+            if nested or field.name == "mode":
                 continue  # a nested record documents its own fields
             assert field.metadata.get("doc"), f"{record.__name__}.{field.name}"
     for record in RECORDS:
@@ -80,6 +84,8 @@ def test_cli_options_take_the_tables_defaults():
     raster = option_defaults("segment-raster")
     for field in dataclasses.fields(AmgParams):
         assert raster[field.name] == field.default, field.name
+    for field in dataclasses.fields(FieldCleaning):  # --field-<name> in both commands
+        assert raster[field.name] == field.default == run[f"field_{field.name}"], field.name
     assert (
         raster["spatial_overlap"]
         == SegmentationSettings.__dataclass_fields__["spatial_overlap"].default
@@ -100,6 +106,7 @@ def test_records_round_trip_through_json_as_kubeflow_hands_them_over():
         settings=SegmentationSettings(
             "prompted", radiometry=RadiometryParams(band_scaling=(1e-4,)),
             prompt=PromptParams(refine_iterations=2),
+            fields=FieldCleaning(min_area_m2=1000.0, opening_m=5.0),
         ),
     )  # fmt: skip
     assert from_json(PipelineRequest, to_json(request)) == request
@@ -116,6 +123,7 @@ def test_records_round_trip_through_json_as_kubeflow_hands_them_over():
         ({"search": {"strategy": "best"}}, "strategy"),
         ({"settings": {"mode": "automatic", "amg": {"pred_iou_thresh": 1.5}}}, "pred_iou_thresh"),
         ({"settings": {"mode": "sometimes"}}, "mode"),
+        ({"settings": {"mode": "prompted", "fields": {"simplify_m": -1.0}}}, "simplify_m"),
         ({"colour": "blue"}, "no parameter colour"),
     ],
 )

@@ -8,7 +8,10 @@ raster is read or written (:func:`components.io.raster`, :mod:`components.io.out
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from affine import Affine
 from numpy.typing import NDArray
 
 Box = tuple[int, int, int, int]
@@ -41,3 +44,36 @@ def union_box(a: Box, b: Box) -> Box:
 def box_shape(box: Box) -> tuple[int, int]:
     """``(height, width)`` of a box: the shape of an array that covers it."""
     return box[3] - box[1], box[2] - box[0]
+
+
+UPSAMPLE_FACTORS = (1, 2, 3)
+"""Scales segmentation may work at: a 1 ha field is 100 px at 10 m, 400 px at 2x."""
+
+
+@dataclass(frozen=True)
+class WorkGrid:
+    """The pixel grid segmentation works on: the scene's, resampled by ``upsample``.
+
+    Chips, prompts in pixels, masks and the cross-chip merge all live on this grid, so
+    they need not know the factor; only reading chips (from the scene) and writing the
+    outputs (back on the scene's grid) do. With ``upsample == 1`` it is the scene's grid.
+    """
+
+    height: int
+    width: int
+    transform: Affine
+    upsample: int
+
+    @classmethod
+    def of(cls, height: int, width: int, transform: Affine, upsample: int = 1) -> WorkGrid:
+        """The working grid of a ``height`` x ``width`` scene with ``transform``."""
+        if upsample not in UPSAMPLE_FACTORS:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_FACTORS}, got {upsample!r}")
+        scale = Affine.scale(1.0 / upsample)
+        return cls(height * upsample, width * upsample, transform @ scale, upsample)
+
+    def source_window(self, box: Box) -> Box:
+        """The scene pixels a working-grid box lies in (rounded outwards)."""
+        f = self.upsample
+        x0, y0, x1, y1 = box
+        return (x0 // f, y0 // f, -(-x1 // f), -(-y1 // f))

@@ -26,6 +26,8 @@ from typing import Any, Literal, TypeVar, get_args
 
 from components.core.area import DEFAULT_MAX_AREA_KM2
 from components.core.chips import DEFAULT_SPATIAL_OVERLAP, chip_step
+from components.core.fields import FieldCleaning
+from components.core.geometry import UPSAMPLE_FACTORS
 from components.core.merge import DEFAULT_MASK_NMS_THR
 from components.core.radiometry import STRETCH_MODES, StretchMode
 from components.core.records import to_record
@@ -242,16 +244,24 @@ class SegmentationSettings:
     mask_nms_thr: float = _doc(
         DEFAULT_MASK_NMS_THR, "Mask NMS threshold across chips, after the seam merge."
     )
+    upsample: int = _doc(
+        1,
+        "Chips are read from the scene resampled by this factor (1, 2 or 3): SAM sees "
+        "small fields larger; rasters come back on the scene's grid.",
+    )
     radiometry: RadiometryParams = RadiometryParams()
     amg: AmgParams = AmgParams()
     prompt: PromptParams = PromptParams()
     execution: ExecutionParams = ExecutionParams()
+    fields: FieldCleaning = field(default_factory=FieldCleaning)  # frozen: shared safely
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"mode must be 'automatic' or 'prompted', got {self.mode!r}")
         chip_step(1024, self.spatial_overlap)
         _in_unit("mask_nms_thr", self.mask_nms_thr)
+        if isinstance(self.upsample, bool) or self.upsample not in UPSAMPLE_FACTORS:
+            raise InputError(f"upsample must be one of {UPSAMPLE_FACTORS}, got {self.upsample!r}")
 
     def parameters(self) -> dict[str, Any]:
         """What a run's outputs record about how they were made (mode-specific knobs only)."""
@@ -322,15 +332,20 @@ def _from_field(record: type[Any], name: str, alias: str | None = None) -> Pipel
     return PipelineParameter(alias or name, _kfp_default(f.default), f.metadata["doc"])
 
 
-_RECORDS: tuple[tuple[type[Any], tuple[str, ...]], ...] = (
-    (DateWindow, ("start_date", "end_date", "lookback_days", "reference_time")),
-    (PipelineRequest, ("model_type", "model_uri", "stac_url")),
-    (SegmentationSettings, ("spatial_overlap", "mask_nms_thr")),
-    (SearchParams, ("max_cloud_cover", "max_scenes")),
-    (RadiometryParams, ("band_scaling", "band_offset")),
-    (AmgParams, tuple(f.name for f in dataclasses.fields(AmgParams))),
-    (PromptParams, ("refine_iterations",)),
-    (ExecutionParams, ("chip_shards", "num_workers", "in_memory")),
+FIELD_PREFIX = "field_"
+"""Prefix of the field-cleaning parameters (``field_min_area_m2``): beside the others in
+the Kubeflow UI, "min_area_m2" alone would not say of what."""
+
+_RECORDS: tuple[tuple[type[Any], tuple[str, ...], str], ...] = (
+    (DateWindow, ("start_date", "end_date", "lookback_days", "reference_time"), ""),
+    (PipelineRequest, ("model_type", "model_uri", "stac_url"), ""),
+    (SegmentationSettings, ("spatial_overlap", "mask_nms_thr", "upsample"), ""),
+    (SearchParams, ("max_cloud_cover", "max_scenes"), ""),
+    (RadiometryParams, ("band_scaling", "band_offset"), ""),
+    (AmgParams, tuple(f.name for f in dataclasses.fields(AmgParams)), ""),
+    (PromptParams, ("refine_iterations",), ""),
+    (ExecutionParams, ("chip_shards", "num_workers", "in_memory"), ""),
+    (FieldCleaning, tuple(f.name for f in dataclasses.fields(FieldCleaning)), FIELD_PREFIX),
 )
 
 PIPELINE_PARAMETERS: dict[str, PipelineParameter] = {
@@ -353,7 +368,11 @@ PIPELINE_PARAMETERS: dict[str, PipelineParameter] = {
             ",".join(DEFAULT_BANDS),
             "Bands ingested and used as red, green, blue (comma-separated).",
         ),
-        *(_from_field(record, name) for record, names in _RECORDS for name in names),
+        *(
+            _from_field(record, name, prefix + name)
+            for record, names, prefix in _RECORDS
+            for name in names
+        ),
     )
 }
 """Every parameter of the segmentation pipelines, by name: default and description."""

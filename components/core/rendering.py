@@ -17,7 +17,7 @@ so a whole tile never needs one full-size array per mask.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,14 +25,18 @@ import numpy as np
 from affine import Affine
 from numpy.typing import NDArray
 
-from components.core.geometry import Box, box_shape, intersect_boxes
+from components.core.geometry import Box, WorkGrid, box_shape, intersect_boxes
 from components.core.merge import PromptId, SceneMask, crop
 from components.core.vectorize import (
     MaskAttributes,
     SegmentPolygon,
+    merge_pieces,
     polygonize_labels,
     polygonize_masks,
 )
+
+POLYGON_BLOCK_PIXELS = 32 * 2**20
+"""Pixels of label raster rendered and polygonised at once (128 MB of uint32)."""
 
 
 def render_labels(masks: Sequence[SceneMask], region: Box) -> NDArray[np.uint32]:
@@ -92,14 +96,16 @@ class RasterLayout(Protocol):
         """Each band's description and tags, in band order."""
         ...
 
-    def polygons(
-        self, transform: Affine, crs: object, read_band: Callable[[], NDArray[Any]]
-    ) -> list[SegmentPolygon]:
-        """One polygon record per instance; ``read_band`` reads back the written band 1."""
+    def polygons(self, grid: WorkGrid, crs: object) -> list[SegmentPolygon]:
+        """One polygon record per instance, from the masks on the working ``grid``."""
         ...
 
     def quicklook_labels(self, bands: Iterable[NDArray[Any]]) -> NDArray[np.int64]:
         """Colour classes (0 = none) from decimated reads of the written bands, in order."""
+        ...
+
+    def downsample(self, block: NDArray[Any], factor: int) -> NDArray[Any]:
+        """A block rendered on an upsampled grid, back on the scene's grid."""
         ...
 
     @property
@@ -124,19 +130,33 @@ class InstanceLabels:
         """One band: ``instance_id``."""
         return [("instance_id", {})]
 
-    def polygons(
-        self, transform: Affine, crs: object, read_band: Callable[[], NDArray[Any]]
-    ) -> list[SegmentPolygon]:
-        """The visible part of each instance, from the written label band."""
+    def polygons(self, grid: WorkGrid, crs: object) -> list[SegmentPolygon]:
+        """The visible part of each instance, on the working grid (smooth when upsampled).
+
+        The label raster is rendered and polygonised in blocks of rows, so memory stays
+        bounded whatever the scene's size and the upsampling.
+        """
         attrs = [
             MaskAttributes(k + 1, None, m.predicted_iou, m.stability_score)
             for k, m in enumerate(self.masks)
         ]
-        return polygonize_labels(read_band(), transform, crs, attrs)
+        rows = max(1, POLYGON_BLOCK_PIXELS // max(1, grid.width))
+        pieces: list[SegmentPolygon] = []
+        for row in range(0, grid.height, rows):
+            region = (0, row, grid.width, min(grid.height, row + rows))
+            labels = render_labels(self.masks, region)
+            present = {int(v) for v in np.unique(labels)} - {0}
+            at = grid.transform @ Affine.translation(0, row)
+            pieces += polygonize_labels(labels, at, crs, [a for a in attrs if a.id in present])
+        return merge_pieces(pieces, crs)
 
     def quicklook_labels(self, bands: Iterable[NDArray[Any]]) -> NDArray[np.int64]:
         """Instance ids are the colour classes."""
         return np.asarray(next(iter(bands)), dtype=np.int64)
+
+    def downsample(self, block: NDArray[Any], factor: int) -> NDArray[Any]:
+        """Each scene pixel takes the label covering most of it."""
+        return downsample_labels(block[0], factor)[None]
 
     @property
     def prompt_order(self) -> tuple[PromptId, ...]:
@@ -171,14 +191,12 @@ class PromptBands:
         """``mask_prompt_<id>`` with a ``prompt_id`` tag per band."""
         return [(band_name(pid), {"prompt_id": str(pid)}) for pid in self.order]
 
-    def polygons(
-        self, transform: Affine, crs: object, read_band: Callable[[], NDArray[Any]]
-    ) -> list[SegmentPolygon]:
+    def polygons(self, grid: WorkGrid, crs: object) -> list[SegmentPolygon]:
         """Each prompt's whole mask (prompts may overlap, so not from one band)."""
         out: list[SegmentPolygon] = []
         for k, m in enumerate(self.masks):
             attrs = MaskAttributes(k + 1, m.prompt_id, m.predicted_iou, m.stability_score)
-            at_box = transform @ Affine.translation(m.box[0], m.box[1])
+            at_box = grid.transform @ Affine.translation(m.box[0], m.box[1])
             out += polygonize_masks(m.mask[None], at_box, crs, [attrs])
         return out
 
@@ -195,7 +213,40 @@ class PromptBands:
         assert labels is not None, "a prompt layout has at least one band"
         return labels
 
+    def downsample(self, block: NDArray[Any], factor: int) -> NDArray[Any]:
+        """A prompt's band is set where its mask covers at least half a scene pixel."""
+        return downsample_bands(block, factor)
+
     @property
     def prompt_order(self) -> tuple[PromptId, ...]:
         """The prompts in band order."""
         return self.order
+
+
+def downsample_labels(block: NDArray[np.uint32], factor: int) -> NDArray[np.uint32]:
+    """Each ``factor`` x ``factor`` cell's most frequent label (ties: the first found).
+
+    How a label raster made at an upsampled scale comes back to the scene's grid: a
+    scene pixel is the instance that covers most of it, background included.
+    """
+    if factor == 1:
+        return block
+    h, w = block.shape[0] // factor, block.shape[1] // factor
+    grouped = block[: h * factor, : w * factor].reshape(h, factor, w, factor)
+    cells = grouped.transpose(0, 2, 1, 3).reshape(h, w, factor * factor)
+    counts = np.stack(
+        [(cells == cells[..., j : j + 1]).sum(axis=-1) for j in range(factor * factor)], -1
+    )
+    best = np.argmax(counts, axis=-1)
+    return np.take_along_axis(cells, best[..., None], axis=-1)[..., 0]
+
+
+def downsample_bands(block: NDArray[np.uint8], factor: int) -> NDArray[np.uint8]:
+    """0/1 bands back on the scene's grid: set where at least half a pixel is covered."""
+    if factor == 1:
+        return block
+    b, h, w = block.shape[0], block.shape[1] // factor, block.shape[2] // factor
+    cells = block[:, : h * factor, : w * factor].reshape(b, h, factor, w, factor)
+    covered = cells.sum(axis=(2, 4), dtype=np.int32)
+    out: NDArray[np.uint8] = (2 * covered >= factor * factor).astype(np.uint8)
+    return out

@@ -82,7 +82,7 @@ def as_crs(crs: object) -> pyproj.CRS:
         raise ValueError(f"{crs!r} is not a CRS pyproj understands") from err
 
 
-def _oriented(geometry: Polygon | MultiPolygon) -> Polygon | MultiPolygon:
+def oriented(geometry: Polygon | MultiPolygon) -> Polygon | MultiPolygon:
     """Exterior rings counter-clockwise, holes clockwise."""
     if isinstance(geometry, MultiPolygon):
         return MultiPolygon([orient(part) for part in geometry.geoms])
@@ -106,7 +106,7 @@ def area_m2(geometry: Polygon | MultiPolygon, crs: object) -> float:
         if geod is None:
             raise ValueError(f"geographic CRS {crs.name!r} has no ellipsoid to measure on")
         # pyproj adds hole areas with their sign: holes must wind against the shell.
-        signed, _ = geod.geometry_area_perimeter(_oriented(geometry))
+        signed, _ = geod.geometry_area_perimeter(oriented(geometry))
         return abs(float(signed))
     if crs.is_projected and unit is not None:
         return float(geometry.area) * unit.unit_conversion_factor**2
@@ -153,7 +153,7 @@ def _instances(index: NDArray[np.int32], transform: Affine) -> dict[int, tuple[l
 def _segment(
     parts: list[Polygon], attrs: MaskAttributes, pixel_count: int, crs: pyproj.CRS
 ) -> SegmentPolygon:
-    geometry = _oriented(parts[0] if len(parts) == 1 else MultiPolygon(parts))
+    geometry = oriented(parts[0] if len(parts) == 1 else MultiPolygon(parts))
     return SegmentPolygon(
         geometry=geometry,
         id=attrs.id,
@@ -247,4 +247,28 @@ def polygonize_masks(
         box = inside[r0:r1, c0:c1].astype(np.int32)
         parts, pixel_count = _instances(box, transform @ Affine.translation(c0, r0))[1]
         out.append(_segment(parts, attrs, pixel_count, crs))
+    return out
+
+
+def merge_pieces(pieces: Iterable[SegmentPolygon], crs: object) -> list[SegmentPolygon]:
+    """One record per instance from pieces of it polygonised block by block.
+
+    Blocks share edges exactly (pixel corners), so the union of an instance's pieces is
+    the polygon a single pass over the whole raster would give; pixel counts add up.
+    """
+    by_id: dict[int, list[SegmentPolygon]] = {}
+    for piece in pieces:
+        by_id.setdefault(piece.id, []).append(piece)
+    crs = as_crs(crs)
+    out = []
+    for _, parts in sorted(by_id.items()):
+        if len(parts) == 1:
+            out.append(parts[0])
+            continue
+        union = shapely.union_all([p.geometry for p in parts])
+        polygons = [g for g in getattr(union, "geoms", [union]) if isinstance(g, Polygon)]
+        attrs = MaskAttributes(
+            parts[0].id, parts[0].prompt_id, parts[0].predicted_iou, parts[0].stability_score
+        )
+        out.append(_segment(polygons, attrs, sum(p.pixel_count for p in parts), crs))
     return out

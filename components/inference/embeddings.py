@@ -32,15 +32,18 @@ def embedding_key(
     scaling: RgbScaling,
     model_sha256: str,
     crop_box: Sequence[int] | None = None,
+    upsample: int = 1,
 ) -> str:
     """Cache key of one encoder input (hex sha256 of its canonical description)."""
-    payload = {
+    payload: dict[str, object] = {
         "scene": scene_sha256,
         "window": list(window),
         "scaling": asdict(scaling),
         "model": model_sha256,
         "crop": None if crop_box is None else [int(v) for v in crop_box],
     }
+    if upsample != 1:  # keys of unscaled chips stay as they were: caches keep working
+        payload["upsample"] = upsample
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -77,6 +77,8 @@ class EncoderSettings:
     cache: EmbeddingCache | None = None
     scene_sha256: str | None = None
     """Needed for cache keys; without it the cache is not used."""
+    upsample: int = 1
+    """The working grid's scale: chips are read resampled, and keyed with it."""
 
     def keys(
         self,
@@ -90,7 +92,9 @@ class EncoderSettings:
             return None
         window = (chip.row, chip.col, chip.size, chip.size)
         return [
-            embedding_key(self.scene_sha256, window, scaling, model.encoder_sha256, crop)
+            embedding_key(
+                self.scene_sha256, window, scaling, model.encoder_sha256, crop, self.upsample
+            )
             for crop in crops
         ]
 
@@ -143,7 +147,7 @@ def segment_chips(
             tick()
         batch.clear()
 
-    for image in iter_chips(scene, chips, scaling, prefetch=read_ahead):
+    for image in iter_chips(scene, chips, scaling, read_ahead, encoder.upsample):
         if image.empty:
             stats.chips_nodata += 1
             stats.per_chip_masks[image.chip.index] = 0

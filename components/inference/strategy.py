@@ -200,7 +200,8 @@ def scene_strategy(settings: SegmentationSettings, prompts: str, scene: SceneInf
     if settings.mode == "prompted":
         if not prompts.strip():
             raise InputError("prompted mode needs prompts (a GeoJSON FeatureCollection)")
-        loaded = load_prompts(prompts, scene.crs, scene.transform, scene.height, scene.width)
+        grid = scene.work_grid(settings.upsample)
+        loaded = load_prompts(prompts, scene.crs, grid.transform, grid.height, grid.width)
         return PromptedScene(loaded, settings.prompt)
     if prompts.strip():
         raise InputError("automatic mode takes no prompts")

@@ -6,6 +6,9 @@
   and parameters.
 * ``polygons.parquet``: GeoParquet, one row per instance (automatic: the visible part
   of each instance in the label raster) or per prompt, with scores, area and model.
+* ``fields.parquet``: the polygons as field boundaries a GIS can take (fiboa core
+  GeoParquet, cleaned in ground units), and ``fields_set_aside.parquet``: what the
+  cleaning set aside, with the reason (:mod:`components.io.fiboa`).
 * ``quicklook.png``: masks over the RGB scene, at most 1024 px on a side.
 * ``summary.json``: counts, timings, lineage, dropped prompts, and the sha256 of each
   of the other files.
@@ -36,8 +39,12 @@ from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from components.core.fields import CleaningResult, FieldCleaning
+from components.core.geometry import WorkGrid
 from components.core.radiometry import RgbScaling, to_rgb
 from components.core.rendering import RasterLayout
+from components.core.vectorize import SegmentPolygon
+from components.io.fiboa import FIELDS, SET_ASIDE, write_fields
 from components.io.files import file_sha256
 from components.io.raster import SceneInfo
 from components.version import __version__
@@ -46,7 +53,7 @@ SEGMENTATION = "segmentation.tif"
 POLYGONS = "polygons.parquet"
 QUICKLOOK = "quicklook.png"
 SUMMARY = "summary.json"
-CHECKED = (SEGMENTATION, POLYGONS, QUICKLOOK)
+CHECKED = (SEGMENTATION, POLYGONS, FIELDS, SET_ASIDE, QUICKLOOK)
 """The files ``summary.json`` lists with their digests."""
 WORK_PREFIX = ".s2sam-"
 BLOCK_BYTES = 256 * 2**20
@@ -61,11 +68,15 @@ class OutputFiles:
 
     segmentation: Path
     polygons: Path
+    fields: Path
+    fields_set_aside: Path
     quicklook: Path
     summary: Path
 
 
-def _write_cog(path: Path, layout: RasterLayout, scene: SceneInfo, tags: dict[str, str]) -> None:
+def _write_cog(
+    path: Path, layout: RasterLayout, scene: SceneInfo, grid: WorkGrid, tags: dict[str, str]
+) -> None:
     profile = {
         "driver": "GTiff",
         "width": scene.width,
@@ -81,13 +92,14 @@ def _write_cog(path: Path, layout: RasterLayout, scene: SceneInfo, tags: dict[st
         "BIGTIFF": "IF_SAFER",
     }
     raw = path.with_suffix(".raw.tif")
-    row_bytes = layout.count * scene.width * np.dtype(layout.dtype).itemsize
+    f = grid.upsample
+    row_bytes = layout.count * grid.width * f * np.dtype(layout.dtype).itemsize
     rows = max(1, min(scene.height, BLOCK_BYTES // row_bytes))
     with rasterio.open(raw, "w", **profile) as dst:
         for row in range(0, scene.height, rows):
             h = min(rows, scene.height - row)
-            block = layout.render((0, row, scene.width, row + h))
-            dst.write(block, window=Window(0, row, scene.width, h))
+            block = layout.render((0, row * f, grid.width, (row + h) * f))
+            dst.write(layout.downsample(block, f), window=Window(0, row, scene.width, h))
         for b, (description, band_tags) in enumerate(layout.band_tags(), start=1):
             dst.set_band_description(b, description)
             if band_tags:
@@ -106,15 +118,11 @@ def _write_cog(path: Path, layout: RasterLayout, scene: SceneInfo, tags: dict[st
 
 
 def _write_polygons(
-    path: Path, layout: RasterLayout, scene: SceneInfo, cog: Path, lineage: dict[str, Any]
+    path: Path, polygons: list[SegmentPolygon], scene: SceneInfo, lineage: dict[str, Any]
 ) -> int:
     import geopandas as gpd
 
-    def read_band() -> NDArray[Any]:
-        with rasterio.open(cog) as src:
-            return np.asarray(src.read(1))
-
-    rows = [p.as_record() for p in layout.polygons(scene.transform, scene.crs, read_band)]
+    rows = [p.as_record() for p in polygons]
     columns = ["id", "prompt_id", "predicted_iou", "stability_score", "area_m2", "pixel_count"]
     data = {c: [r[c] for r in rows] for c in columns}
     data["prompt_id"] = [None if v is None else str(v) for v in data["prompt_id"]]
@@ -190,60 +198,99 @@ def is_complete(output_dir: Path) -> bool:
 def write_outputs(
     layout: RasterLayout,
     scene: SceneInfo,
+    grid: WorkGrid,
     scaling: RgbScaling,
     lineage: dict[str, Any],
     output_dir: Path,
     *,
-    mode: str,
-    parameters: dict[str, Any],
     run: dict[str, Any],
+    fields: FieldCleaning,
 ) -> OutputFiles:
     """Write all outputs of a scene's segmentation into ``output_dir``, as a set.
 
-    ``run`` (chips, stats, dropped prompts) goes into ``summary.json`` beside what this
-    function knows itself (scene, model, masks, polygons, files).
+    The masks lie on the working ``grid``: the raster is brought back to the scene's
+    grid, the polygons keep the working grid's detail. ``run`` (``mode``,
+    ``parameters``, chips, stats, dropped prompts) goes into ``summary.json`` beside
+    what this function knows itself (scene, model, masks, polygons, files).
+    ``fields`` says how the polygons are cleaned into ``fields.parquet``.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     start_new_set(output_dir)
-    final = OutputFiles(
-        output_dir / SEGMENTATION, output_dir / POLYGONS, output_dir / QUICKLOOK,
-        output_dir / SUMMARY,
-    )  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=output_dir))
     try:
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        cog = work / SEGMENTATION
-        _write_cog(cog, layout, scene, _cog_tags(scene, lineage, mode, parameters, created))
-        n_polygons = _write_polygons(work / POLYGONS, layout, scene, cog, lineage)
-        _write_quicklook(work / QUICKLOOK, layout, scene, scaling, cog)
-        summary = {
-            "s2sam_version": __version__,
-            "created": created,
-            "mode": mode,
-            "scene": {
-                "path": str(scene.path),
-                "height": scene.height,
-                "width": scene.width,
-                "crs": str(scene.crs),
-                "bands": list(scene.band_names),
-            },
-            "model": lineage,
-            "parameters": parameters,
-            "masks": len(layout.masks),
-            "polygons": n_polygons,
-            "prompt_ids": [str(p) for p in layout.prompt_order],
-            **run,
-            "scaling": asdict(scaling),
-            "files": [SEGMENTATION, POLYGONS, QUICKLOOK],
-            "sha256": {name: file_sha256(work / name) for name in CHECKED},
-        }
+        summary = _write_files(work, layout, scene, grid, lineage, run, fields)
+        summary["scaling"] = asdict(scaling)
+        _write_quicklook(work / QUICKLOOK, layout, scene, scaling, work / SEGMENTATION)
+        summary["files"] = list(CHECKED)
+        summary["sha256"] = {name: file_sha256(work / name) for name in CHECKED}
         (work / SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")
         for name in (*CHECKED, SUMMARY):  # the summary last: it marks a complete set
             os.replace(work / name, output_dir / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return final
+    return OutputFiles(
+        output_dir / SEGMENTATION, output_dir / POLYGONS, output_dir / FIELDS,
+        output_dir / SET_ASIDE, output_dir / QUICKLOOK, output_dir / SUMMARY,
+    )  # fmt: skip
+
+
+def _write_files(
+    work: Path,
+    layout: RasterLayout,
+    scene: SceneInfo,
+    grid: WorkGrid,
+    lineage: dict[str, Any],
+    run: dict[str, Any],
+    fields: FieldCleaning,
+) -> dict[str, Any]:
+    """The COG, polygons and fields in ``work``; returns the summary so far."""
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    tags = _cog_tags(scene, lineage, run["mode"], run["parameters"], created)
+    _write_cog(work / SEGMENTATION, layout, scene, grid, tags)
+    polygons = layout.polygons(grid, scene.crs)
+    n_polygons = _write_polygons(work / POLYGONS, polygons, scene, lineage)
+    cleaned = write_fields(
+        work, polygons, scene.crs, fields, lineage=lineage,
+        scene_id=scene.path.stem, acquired=_acquired(scene),
+    )  # fmt: skip
+    return {
+        "s2sam_version": __version__,
+        "created": created,
+        "scene": {
+            "path": str(scene.path),
+            "height": scene.height,
+            "width": scene.width,
+            "crs": str(scene.crs),
+            "bands": list(scene.band_names),
+        },
+        "model": lineage,
+        "masks": len(layout.masks),
+        "polygons": n_polygons,
+        "fields": _fields_summary(cleaned),
+        "prompt_ids": [str(p) for p in layout.prompt_order],
+        **run,
+    }
+
+
+def _acquired(scene: SceneInfo) -> datetime | None:
+    """The acquisition time ingest tagged the scene with; ``None`` for other rasters."""
+    text = scene.tags.get("datetime", "")
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+    if stamp is not None and stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp
+
+
+def _fields_summary(result: CleaningResult) -> dict[str, Any]:
+    """How many fields were kept, how many set aside and why."""
+    reasons: dict[str, int] = {}
+    for dropped in result.dropped:
+        reasons[dropped.reason] = reasons.get(dropped.reason, 0) + 1
+    return {"kept": len(result.kept), "set_aside": reasons, "simplified": result.simplified}
 
 
 def _cog_tags(

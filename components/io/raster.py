@@ -19,6 +19,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from components.core.chips import Chip
+from components.core.geometry import WorkGrid
 from components.core.radiometry import (
     PAD_RGB,
     RgbScaling,
@@ -60,6 +61,10 @@ class SceneInfo:
     dtype: str
     processing_baseline: str
     tags: dict[str, str] = field(default_factory=dict)
+
+    def work_grid(self, upsample: int = 1) -> WorkGrid:
+        """The grid segmentation works on at ``upsample`` (1: the scene's own)."""
+        return WorkGrid.of(self.height, self.width, self.transform, upsample)
 
 
 def _baseline(tags: dict[str, str]) -> str:
@@ -224,11 +229,20 @@ class ChipImage:
         return not bool(self.valid.any())
 
 
-def read_chip(src: Any, scene: SceneInfo, chip: Chip, scaling: RgbScaling) -> ChipImage:
-    """Read one chip's window of the selected bands and scale it to RGB."""
-    window = Window(chip.col, chip.row, chip.valid_width, chip.valid_height)
-    dn = src.read(list(scene.bands), window=window)
-    rgb_valid, valid_valid = to_rgb(dn, scaling)
+def read_chip(
+    src: Any, scene: SceneInfo, chip: Chip, scaling: RgbScaling, upsample: int = 1
+) -> ChipImage:
+    """Read one chip's window of the selected bands and scale it to RGB.
+
+    With ``upsample`` > 1 the chip lies on the working grid: the scene window under it
+    is read, scaled to RGB, resampled bilinearly (the data mask by nearest neighbour,
+    so nodata never bleeds into data) and cropped to the chip.
+    """
+    if upsample == 1:
+        window = Window(chip.col, chip.row, chip.valid_width, chip.valid_height)
+        rgb_valid, valid_valid = to_rgb(src.read(list(scene.bands), window=window), scaling)
+    else:
+        rgb_valid, valid_valid = _upsampled_window(src, scene, chip, scaling, upsample)
     rgb = np.empty((chip.size, chip.size, 3), dtype=np.uint8)
     rgb[:] = np.asarray(PAD_RGB, dtype=np.uint8)
     valid = np.zeros((chip.size, chip.size), dtype=bool)
@@ -236,6 +250,27 @@ def read_chip(src: Any, scene: SceneInfo, chip: Chip, scaling: RgbScaling) -> Ch
     rgb[:h, :w] = np.where(valid_valid[..., None], rgb_valid, np.asarray(PAD_RGB, np.uint8))
     valid[:h, :w] = valid_valid
     return ChipImage(chip, rgb, valid)
+
+
+def _upsampled_window(
+    src: Any, scene: SceneInfo, chip: Chip, scaling: RgbScaling, upsample: int
+) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+    """RGB and data mask of a working-grid chip's valid extent, read at the scene's scale."""
+    from PIL import Image
+
+    x0, y0, x1, y1 = chip.valid_bounds
+    c0, r0, c1, r1 = scene.work_grid(upsample).source_window((x0, y0, x1, y1))
+    dn = src.read(list(scene.bands), window=Window(c0, r0, c1 - c0, r1 - r0))
+    rgb, valid = to_rgb(dn, scaling)
+    rgb[~valid] = np.asarray(PAD_RGB, np.uint8)  # nodata blends in as SAM's padding
+    size = ((c1 - c0) * upsample, (r1 - r0) * upsample)
+    big = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+    big_valid = valid.repeat(upsample, axis=0).repeat(upsample, axis=1)
+    crop = (
+        slice(y0 - r0 * upsample, y1 - r0 * upsample),
+        slice(x0 - c0 * upsample, x1 - c0 * upsample),
+    )
+    return np.ascontiguousarray(big[crop]), np.ascontiguousarray(big_valid[crop])
 
 
 def pixels_valid(
@@ -264,7 +299,11 @@ def has_data(scene: SceneInfo, nodata: float | None, rows_per_read: int = 512) -
 
 
 def iter_chips(
-    scene: SceneInfo, chips: Sequence[Chip], scaling: RgbScaling, prefetch: int = 2
+    scene: SceneInfo,
+    chips: Sequence[Chip],
+    scaling: RgbScaling,
+    prefetch: int = 2,
+    upsample: int = 1,
 ) -> Iterator[ChipImage]:
     """Chip images in order, read ahead on a background thread while the caller computes.
 
@@ -272,11 +311,15 @@ def iter_chips(
     reader thread hides the I/O behind the encoder.
     """
     with rasterio.open(scene.path) as src, ThreadPoolExecutor(max_workers=1) as pool:
-        pending = [pool.submit(read_chip, src, scene, c, scaling) for c in chips[:prefetch]]
+
+        def read(chip: Chip) -> Any:
+            return pool.submit(read_chip, src, scene, chip, scaling, upsample)
+
+        pending = [read(c) for c in chips[:prefetch]]
         for k in range(len(chips)):
             image = pending.pop(0).result()
             if k + prefetch < len(chips):
-                pending.append(pool.submit(read_chip, src, scene, chips[k + prefetch], scaling))
+                pending.append(read(chips[k + prefetch]))
             yield image
 
 

@@ -23,11 +23,20 @@ from components.core.prompts import DroppedPrompt
 from components.core.records import from_json
 from components.inference.shard import RunStats
 from components.inference.strategy import SceneStrategy, scene_strategy
+from components.io.fiboa import FIELDS
 from components.io.outputs import POLYGONS, QUICKLOOK, OutputFiles, write_outputs
 from components.io.raster import SceneInfo, pixels_valid
 from components.io.registry import resolve_model
 from components.steps.plan_chips import ScenePlan, ShardPlan, open_planned_scene
 from components.steps.segment import read_masks
+
+
+@dataclass(frozen=True)
+class VectorSinks:
+    """Folders of the pipeline's vector sinks: one ``<acquisition>.parquet`` per scene."""
+
+    polygons: Path
+    fields: Path
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,8 @@ def merge_scene(
     settings = shard.settings
     scene = open_planned_scene(plan, settings, root)
     strategy = scene_strategy(settings, prompts, scene)
-    grid = chip_grid(scene.height, scene.width, shard.chip_size, settings.spatial_overlap)
+    work = scene.work_grid(settings.upsample)
+    grid = chip_grid(work.height, work.width, shard.chip_size, settings.spatial_overlap)
     merged = strategy.merge(masks, grid)
     stats = stats or RunStats(chips_total=len(plan.chips))
     stats.chips_without_prompts = len(grid) - len(plan.chips)  # never read nor encoded
@@ -67,29 +77,39 @@ def merge_scene(
     files = write_outputs(
         strategy.layout(merged),
         scene,
+        work,
         plan.scaling,
         dict(lineage),
         output_dir,
-        mode=strategy.mode,
-        parameters=settings.parameters(),
         run={
+            "mode": strategy.mode,
+            "parameters": settings.parameters(),
             "chips": len(grid),
             "dropped_prompts": [
-                asdict(d) for d in (*strategy.dropped, *unanswered(strategy, merged, scene, plan))
+                asdict(d)
+                for d in (
+                    *strategy.dropped,
+                    *unanswered(strategy, merged, scene, plan, settings.upsample),
+                )
             ],
             "stats": stats.to_dict(),
         },
+        fields=settings.fields,
     )
     return MergedScene(files, merged, grid)
 
 
 def unanswered(
-    strategy: SceneStrategy, merged: Sequence[SceneMask], scene: SceneInfo, plan: ScenePlan
+    strategy: SceneStrategy,
+    merged: Sequence[SceneMask],
+    scene: SceneInfo,
+    plan: ScenePlan,
+    upsample: int,
 ) -> list[DroppedPrompt]:
     """Prompts whose band stayed empty, with why: never a silently empty band."""
     out = []
     for group in strategy.unanswered(merged):
-        clicks = group.points[group.labels == 1]
+        clicks = group.points[group.labels == 1] / upsample  # working grid -> scene pixels
         on_data = pixels_valid(scene, clicks[:, 0], clicks[:, 1], plan.scaling.nodata)
         if len(clicks) and not on_data.any():
             reason = "every click lies on nodata pixels: nothing to segment there"
@@ -136,28 +156,31 @@ def merge_shards(
 
 
 def publish_merge(
-    summaries: list[dict[str, Any]], merged_dir: Path, polygons_dir: Path, markdown_path: Path
+    summaries: list[dict[str, Any]], merged_dir: Path, sinks: VectorSinks, markdown_path: Path
 ) -> dict[str, float]:
     """Arrange merged scenes into the pipeline's sinks and build the UI's quick-look page.
 
-    ``merged_dir/<acquisition>/`` already holds each scene's outputs; polygons are
-    also gathered in ``polygons_dir`` as ``<acquisition>.parquet``. Returns the run's
-    metrics (KFP metrics are numbers).
+    ``merged_dir/<acquisition>/`` already holds each scene's outputs; polygons and
+    fields are also gathered in their sinks' folders as ``<acquisition>.parquet``.
+    Returns the run's metrics (KFP metrics are numbers).
     """
-    polygons_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (sinks.polygons, sinks.fields):
+        folder.mkdir(parents=True, exist_ok=True)
     lines = ["# Segmentation", ""]
     for summary in summaries:
         key = summary["acquisition"]
         folder = merged_dir / key
-        shutil.copyfile(folder / POLYGONS, polygons_dir / f"{key}.parquet")
+        shutil.copyfile(folder / POLYGONS, sinks.polygons / f"{key}.parquet")
+        shutil.copyfile(folder / FIELDS, sinks.fields / f"{key}.parquet")
         png = base64.b64encode((folder / QUICKLOOK).read_bytes()).decode("ascii")
         model = summary["model"]
         lines += [
             f"## {key}",
             "",
-            f"{summary['masks']} masks, {summary['polygons']} polygons from "
-            f"{summary['chips']} chips; model {model.get('model_name')} version "
-            f"{model.get('model_version')} ({summary['mode']} mode).",
+            f"{summary['masks']} masks, {summary['polygons']} polygons, "
+            f"{summary['fields']['kept']} fields from {summary['chips']} chips; model "
+            f"{model.get('model_name')} version {model.get('model_version')} "
+            f"({summary['mode']} mode).",
             "",
             f"![{key}](data:image/png;base64,{png})",
             "",
@@ -172,6 +195,7 @@ def publish_merge(
         "chips": float(sum(int(s["chips"]) for s in summaries)),
         "masks": float(sum(int(s["masks"]) for s in summaries)),
         "polygons": float(sum(int(s["polygons"]) for s in summaries)),
+        "fields": float(sum(int(s["fields"]["kept"]) for s in summaries)),
         "model_version": float(version) if version and str(version).isdigit() else 0.0,
     }
 
@@ -183,7 +207,7 @@ def merge_and_publish(
     request: str,
     model_uri: str,
     merged_dir: Path,
-    polygons_dir: Path,
+    sinks: VectorSinks,
     markdown_path: Path,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The ``merge_masks`` task: every scene merged and written, the sinks laid out.
@@ -200,4 +224,4 @@ def merge_and_publish(
         lineage=resolve_model(model_uri).lineage,
         output_dir=merged_dir,
     )
-    return summaries, publish_merge(summaries, merged_dir, polygons_dir, markdown_path)
+    return summaries, publish_merge(summaries, merged_dir, sinks, markdown_path)

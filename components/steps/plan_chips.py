@@ -112,7 +112,8 @@ def plan_scene(
 ) -> ScenePlan:  # fmt: skip
     """One scene's plan: its chips worth segmenting, its scaling and its fingerprint."""
     radiometry = settings.radiometry
-    grid = chip_grid(scene.height, scene.width, chip_size, settings.spatial_overlap)
+    work = scene.work_grid(settings.upsample)
+    grid = chip_grid(work.height, work.width, chip_size, settings.spatial_overlap)
     scaling = scene_scaling(
         scene, radiometry.band_scaling, radiometry.band_offset, radiometry.stretch,
         radiometry.percentiles,

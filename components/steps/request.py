@@ -14,7 +14,9 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
+from components.core.fields import FieldCleaning
 from components.core.params import (
+    FIELD_PREFIX,
     KFP,
     PIPELINE_PARAMETERS,
     AmgParams,
@@ -47,6 +49,7 @@ def request_from_parameters(mode: Mode, values: Mapping[str, Any]) -> PipelineRe
         mode=mode,
         spatial_overlap=float(v["spatial_overlap"]),
         mask_nms_thr=float(v["mask_nms_thr"]),
+        upsample=v["upsample"],
         radiometry=RadiometryParams(
             band_names=bands,
             band_scaling=text_list(v["band_scaling"], float, "band_scaling"),
@@ -57,6 +60,7 @@ def request_from_parameters(mode: Mode, values: Mapping[str, Any]) -> PipelineRe
         execution=ExecutionParams(
             chip_shards=v["chip_shards"], num_workers=v["num_workers"], in_memory=v["in_memory"]
         ),
+        fields=FieldCleaning(**{f.name: v[FIELD_PREFIX + f.name] for f in fields(FieldCleaning)}),
     )
     return PipelineRequest(
         geometry=v["geometry"],

@@ -65,14 +65,17 @@ def segment_shard(
     with rasterio.Env(GDAL_CACHEMAX=BLOCK_CACHE_MB[execution.in_memory]):
         for entry in plan.scenes:
             scene = open_planned_scene(entry, settings, root)
-            grid = chip_grid(scene.height, scene.width, plan.chip_size, settings.spatial_overlap)
+            work = scene.work_grid(settings.upsample)
+            grid = chip_grid(work.height, work.width, plan.chip_size, settings.spatial_overlap)
             masks, stats = segment_chips(
                 model,
                 scene,
                 entry.scaling,
                 [grid[i] for i in entry.chips],
                 scene_strategy(settings, prompts, scene),
-                encoder=EncoderSettings(execution.encoder_batch_size, cache, entry.fingerprint),
+                encoder=EncoderSettings(
+                    execution.encoder_batch_size, cache, entry.fingerprint, settings.upsample
+                ),
                 progress=progress,
                 read_ahead=max(2, execution.num_workers),
             )

@@ -26,6 +26,7 @@ RUN_PARAMETERS: dict[str, dict[str, Any]] = {
     "model_uri": {},
     "model_type": {},
     "spatial_overlap": {},
+    "upsample": {"choices": (1, 2, 3)},
     "mask_nms_thr": {},
     "max_cloud_cover": {},
     "max_scenes": {},
@@ -36,6 +37,11 @@ RUN_PARAMETERS: dict[str, dict[str, Any]] = {
     "stac_url": {},
     "refine_iterations": {},
     "num_workers": {},
+    "field_simplify_m": {},
+    "field_min_area_m2": {},
+    "field_max_area_m2": {},
+    "field_fill_holes_m2": {},
+    "field_opening_m": {},
 }
 """The pipelines' parameters that ``s2sam run`` takes as options (the AMG ones are added by
 :func:`add_amg_arguments`), with what differs from the pipelines' defaults."""
@@ -63,7 +69,7 @@ def register(subparsers: Any) -> None:
         description=(
             "Run a pipeline end to end on this machine with kfp.local: ingest Sentinel-2 from "
             "the Planetary Computer (or --stac-url), segment with the registered SAM model, "
-            "and copy the sinks (s2_raster, segmentation_mask, polygons) to --output-dir."
+            "and copy the sinks (s2_raster, segmentation_mask, polygons, fields) to --output-dir."
         ),
     )
     run.add_argument("pipeline", choices=sorted(NAMES))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
+from components.core.fields import FieldCleaning
 from components.core.params import (
+    FIELD_PREFIX,
     AmgParams,
     ExecutionParams,
     PipelineRequest,
@@ -23,6 +26,20 @@ def add_amg_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] 
     """Automatic-mode parameters, FarmVibes' names and defaults."""
     group = parser.add_argument_group("automatic mode (FarmVibes auto_segment_s2 parameters)")
     add_fields(group, AmgParams, *exclude)
+
+
+def add_field_cleaning_arguments(parser: argparse.ArgumentParser) -> None:
+    """How ``fields.parquet`` is cleaned (the pipelines' ``field_*`` parameters)."""
+    group = parser.add_argument_group("field boundaries (fields.parquet)")
+    for f in dataclasses.fields(FieldCleaning):
+        add_field(group, FieldCleaning, f.name, "--" + (FIELD_PREFIX + f.name).replace("_", "-"))
+
+
+def field_cleaning_from(args: argparse.Namespace) -> FieldCleaning:
+    """The cleaning options of :func:`add_field_cleaning_arguments`, validated."""
+    return FieldCleaning(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(FieldCleaning)}
+    )
 
 
 def add_radiometry_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,12 +75,14 @@ def register(subparsers: Any) -> None:
     add_field(p, PipelineRequest, "model_type")
     add_field(p, SegmentationSettings, "spatial_overlap")
     add_field(p, SegmentationSettings, "mask_nms_thr")
+    add_field(p, SegmentationSettings, "upsample", choices=(1, 2, 3))
     add_field(p, ExecutionParams, "encoder_batch_size")
     add_field(p, PromptParams, "refine_iterations")
     add_field(p, ExecutionParams, "use_cache", "--cache")
     p.add_argument("--providers", type=names, help="onnxruntime providers, best first")
     add_amg_arguments(p)
     add_radiometry_arguments(p)
+    add_field_cleaning_arguments(p)
     p.set_defaults(handler=_segment)
 
 
@@ -74,6 +93,7 @@ def settings_from(args: argparse.Namespace, mode: str) -> SegmentationSettings:
         mode=mode,  # type: ignore[arg-type]
         spatial_overlap=args.spatial_overlap,
         mask_nms_thr=args.mask_nms_thr,
+        upsample=args.upsample,
         radiometry=RadiometryParams(
             band_names=args.band_names,
             band_indexes=args.band_indexes,
@@ -88,6 +108,7 @@ def settings_from(args: argparse.Namespace, mode: str) -> SegmentationSettings:
         execution=ExecutionParams(
             chip_shards=1, encoder_batch_size=args.encoder_batch_size, use_cache=args.use_cache
         ),
+        fields=field_cleaning_from(args),
     )
 
 

@@ -10,6 +10,8 @@ pytest.importorskip("torch")
 gpd = pytest.importorskip("geopandas")
 rasterio = pytest.importorskip("rasterio")
 
+from tests.data.fiboa.validate import fiboa_errors  # noqa: E402
+
 S2SAM = Path(sys.executable).parent / "s2sam"
 SAMPLE = "s2/ftw_t33uup_2021_b4b3b2b8x2.tif"
 
@@ -55,6 +57,11 @@ def test_prompted_and_automatic_on_the_real_sample(shared_data, tiny_export, tmp
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["parameters"]["amg"]["points_per_side"] == 4
     assert len(gpd.read_parquet(tmp_path / "a" / "polygons.parquet")) == summary["polygons"]
+    fields = gpd.read_parquet(tmp_path / "a" / "fields.parquet")
+    aside = gpd.read_parquet(tmp_path / "a" / "fields_set_aside.parquet")
+    assert len(fields) == summary["fields"]["kept"]
+    assert len(fields) + len(aside) == summary["polygons"]  # each polygon kept or set aside
+    assert fiboa_errors(tmp_path / "a" / "fields.parquet") == []
 
 
 @pytest.mark.parametrize(

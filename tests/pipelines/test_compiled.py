@@ -113,7 +113,7 @@ def test_ingest_retries_and_the_dag_shape(spec):
     assert "parameterIterator" in tasks["for-loop-1"]  # the fan-out over chip shards
     assert deps["merge-masks"] == {"for-loop-1", "ingest-s2", "resolve-model", "plan-chips", check}
     sinks = doc["root"]["outputDefinitions"]["artifacts"]
-    assert set(sinks) == {"s2_raster", "segmentation_mask", "polygons"}
+    assert set(sinks) == {"s2_raster", "segmentation_mask", "polygons", "fields"}
     assert all(
         t["cachingOptions"].get("enableCache", True)
         for k, t in tasks.items()

@@ -15,6 +15,7 @@ gpd = pytest.importorskip("geopandas")
 rasterio = pytest.importorskip("rasterio")
 
 from components.io.registry import register_model  # noqa: E402
+from tests.data.fiboa.validate import fiboa_errors  # noqa: E402
 from tests.fixtures.s2_world import real_roi  # noqa: E402
 
 S2SAM = Path(sys.executable).parent / "s2sam"
@@ -73,7 +74,11 @@ def check_sinks(out: Path, mode: str):
     polygons = gpd.read_parquet(out / "polygons" / f"{acq}.parquet")
     assert polygons.crs.to_epsg() == 32633
     assert set(polygons["model_version"]) <= {"1"}
+    fields = out / "fields" / f"{acq}.parquet"
+    assert fiboa_errors(fields) == []
+    assert gpd.read_parquet(fields).crs == polygons.crs
     (metrics,) = run["metrics"].values()
+    assert metrics["fields"] == len(gpd.read_parquet(fields))
     assert metrics["model_version"] == 1.0 and metrics["scenes"] == 1.0
     assert metrics["chips"] == 1.0  # 560 x 370 px: one padded chip
     assert run["seconds"] > 0

@@ -223,3 +223,29 @@ def test_an_all_nodata_raster_is_an_error_not_an_empty_result(tmp_path, tiny_exp
             path, tmp_path / "o", SegmentationSettings("automatic"), model_uri=str(tiny_export)
         )
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("mode", ["automatic", "prompted"])
+def test_upsampled_runs_write_on_the_scene_grid_with_finer_polygons(model, tmp_path, mode):
+    from shapely import get_coordinates
+
+    scene = open_scene(write_scene(tmp_path / "small.tif", height=300, width=600))
+    settings = SegmentationSettings(
+        mode, upsample=2, amg=AmgParams(points_per_side=4, pred_iou_thresh=0.0,
+                                        stability_score_thresh=0.0),
+    )  # fmt: skip
+    prompts = prompts_at([(100, 100), (300, 60)]) if mode == "prompted" else ""
+    out = segment_raster(
+        scene.path, tmp_path / "out", settings, prompts=prompts, model_uri=str(model_dir(model))
+    )
+    with rasterio.open(out.files.segmentation) as src, rasterio.open(scene.path) as ref:
+        assert src.transform == ref.transform and (src.width, src.height) == (ref.width, ref.height)
+        bands = src.read()
+    assert bands.any()
+    assert out.summary["parameters"]["upsample"] == 2
+    assert out.grid.shape == (1, 2)  # 600 x 1200 working px at 1024 px chips
+    polygons = gpd.read_parquet(out.files.polygons)
+    assert len(polygons) and polygons.is_valid.all()
+    xy = get_coordinates(polygons.geometry.values)
+    off_grid = (xy[:, 0] - TRANSFORM.c) % 10 != 0  # vertices on the 5 m working grid
+    assert off_grid.any() and ((xy[:, 0] - TRANSFORM.c) % 5 == 0).all()

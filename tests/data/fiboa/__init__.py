@@ -1,0 +1,1 @@
+"""fiboa's core schema and a validator for our GeoParquet fields (see README.md)."""
