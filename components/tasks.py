@@ -178,11 +178,11 @@ def plan_chips(
     request: str,
     model_uri: str,
     chip_size: int,
-) -> list[dict[str, Any]]:
+) -> list[str]:
     """Lay out chips, compute each scene's stretch once, and shard the chips.
 
     Returns:
-        One self-contained plan per shard (``ShardPlan`` as JSON).
+        One self-contained plan per shard (``ShardPlan`` as JSON text).
     """
     from pathlib import Path
 
@@ -196,7 +196,7 @@ def plan_chips(
 @dsl.component(base_image=image("gpu"), install_kfp_package=False)
 def segment_shard(
     scenes: dsl.Input[dsl.Dataset],
-    shard: dict[str, Any],
+    shard: str,
     prompts: str,
     masks: dsl.Output[dsl.Dataset],
 ) -> str:
@@ -221,7 +221,7 @@ def segment_shard(
 def merge_masks(
     scenes: dsl.Input[dsl.Dataset],
     parts: dsl.Input[list[dsl.Dataset]],
-    shards: list[dict[str, Any]],
+    shards: list[str],
     request: str,
     model_uri: str,
     segmentation_mask: dsl.Output[dsl.Dataset],

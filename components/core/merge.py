@@ -17,26 +17,29 @@ Automatic mode (:func:`merge_automatic`):
 3. Cut masks left over belong to objects no single chip saw whole (larger than the
    overlap). Fragments from overlapping chips that agree inside their common area
    (IoU >= ``seam_iou`` there) are stitched into one mask (their union).
-4. Global NMS on *mask* IoU (not box IoU, which merges nested or L-shaped fields):
+4. Cross-chip duplicates: two complete masks from two chips that both saw the whole
+   of both (their union lies in the chips' common area) are one object when the
+   smaller lies mostly inside the larger (intersection over the smaller mask at least
+   ``duplicate_ios``), unless either chip drew both shapes itself (a field and its
+   group of fields: two granularities it told apart, kept as within one chip). SAM draws one
+   parcel a little differently through two windows, so the copies' IoU can fall to
+   0.35 and mask NMS alone keeps both (:func:`cross_chip_duplicates`).
+5. Global NMS on *mask* IoU (not box IoU, which merges nested or L-shaped fields):
    a mask is suppressed when its IoU with a better-ranked kept mask exceeds
-   ``mask_nms_thr``. Ranking (the documented preference rule): higher
-   ``predicted_iou`` first, then higher ``stability_score``, then smaller area
-   (SAM's own crop NMS prefers the finer mask), then lower chip index and position,
-   so the result is deterministic.
+   ``mask_nms_thr``, or when it is a cross-chip duplicate of it. Ranking (the
+   documented preference rule): higher ``predicted_iou`` first, then higher
+   ``stability_score``, then smaller area (SAM's own crop NMS prefers the finer
+   mask), then lower chip index and position, so the result is deterministic.
 
-Prompted mode (:func:`merge_prompted`): one mask per ``prompt_id``. Where several
-chips segmented the same prompt, each scene pixel is taken from the chip whose centre
-is nearest (Manhattan distance, ties to the lower chip index) among the chips that
-returned a mask for that prompt and contain the pixel. On a full grid this is exactly
-the write-interval partition of :mod:`components.core.chips`.
+Prompted mode merges by prompt instead (:mod:`components.core.prompt_merge`).
 
 Output rasters are rendered from the merged masks by :mod:`components.core.rendering`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
@@ -49,6 +52,9 @@ PromptId = int | str
 
 DEFAULT_MASK_NMS_THR = 0.5
 """FarmVibes' default mask NMS threshold across chips."""
+DEFAULT_DUPLICATE_IOS = 0.8
+"""Intersection over the smaller mask above which two chips' complete masks of the same
+area are one object (step 4 of the module docstring)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,8 +200,25 @@ def rank_order(masks: Sequence[SceneMask]) -> list[int]:
     )
 
 
-def mask_nms(masks: Sequence[SceneMask], iou_threshold: float) -> list[int]:
-    """Greedy NMS on mask IoU; returns kept indices, best first."""
+def intersection_over_smaller(a: SceneMask, b: SceneMask) -> float:
+    """Shared pixels over the smaller mask's area: 1 when one lies inside the other."""
+    common = intersect_boxes(a.box, b.box)
+    if common is None:
+        return 0.0
+    inter = int(np.count_nonzero(crop(a, common) & crop(b, common)))
+    return inter / max(1, min(a.area, b.area))
+
+
+def mask_nms(
+    masks: Sequence[SceneMask],
+    iou_threshold: float,
+    duplicates: frozenset[frozenset[int]] = frozenset(),
+) -> list[int]:
+    """Greedy NMS on mask IoU; returns kept indices, best first.
+
+    A pair in ``duplicates`` (index pairs) is one object whatever its IoU: the
+    better-ranked mask suppresses the other.
+    """
     order = rank_order(masks)
     neighbours: dict[int, list[int]] = {}
     for i, j in overlapping_pairs([m.box for m in masks]).tolist():
@@ -208,7 +231,11 @@ def mask_nms(masks: Sequence[SceneMask], iou_threshold: float) -> list[int]:
             continue
         kept.append(k)
         for other in neighbours.get(k, []):
-            if not suppressed[other] and mask_iou(masks[k], masks[other]) > iou_threshold:
+            if suppressed[other]:
+                continue
+            if frozenset((k, other)) in duplicates or (
+                mask_iou(masks[k], masks[other]) > iou_threshold
+            ):
                 suppressed[other] = True
     return kept
 
@@ -248,14 +275,18 @@ def merge_automatic(
     mask_nms_thr: float = DEFAULT_MASK_NMS_THR,
     edge_tolerance: int = 4,
     seam_iou: float = 0.5,
+    duplicate_ios: float | None = DEFAULT_DUPLICATE_IOS,
 ) -> list[SceneMask]:
     """Merge automatic-mode masks from all chips into one list, best first.
 
     ``edge_tolerance`` defaults to 4 px: SAM upsamples 256 px low-res logits to
     1024 px, so a mask cut by the chip edge may stop up to 4 px short of it.
+    ``duplicate_ios`` ``None`` leaves cross-chip duplicates to mask NMS alone.
     """
     _validate_threshold("mask_nms_thr", mask_nms_thr)
     _validate_threshold("seam_iou", seam_iou)
+    if duplicate_ios is not None:
+        _validate_threshold("duplicate_ios", duplicate_ios)
     if edge_tolerance < 1:
         raise ValueError(f"edge_tolerance must be >= 1 px, got {edge_tolerance}")
     if not masks:
@@ -267,8 +298,17 @@ def merge_automatic(
     explained = explained_cut_masks(masks, cut, pairs, grid, seam_iou)
     groups = seam_groups(masks, cut, explained, pairs, grid, seam_iou)
     candidates = [g[0] if len(g) == 1 else stitch(g) for g in groups]
-    # 4. global NMS in the scene frame
-    return [candidates[k] for k in mask_nms(candidates, mask_nms_thr)]
+    # 4. the same object drawn twice by two chips that both saw it whole
+    duplicates: frozenset[frozenset[int]] = frozenset()
+    if duplicate_ios is not None:
+        complete = [
+            len(m.chips) == 1
+            and not touches_inner_edge(m.box, grid[m.chip_index], grid, edge_tolerance)
+            for m in candidates
+        ]
+        duplicates = cross_chip_duplicates(candidates, complete, grid, duplicate_ios, mask_nms_thr)
+    # 5. global NMS in the scene frame
+    return [candidates[k] for k in mask_nms(candidates, mask_nms_thr, duplicates)]
 
 
 def explained_cut_masks(
@@ -331,76 +371,44 @@ def seam_groups(
     return list(groups.values())
 
 
-# ---------------------------------------------------------------------------
-# Prompted mode
+def cross_chip_duplicates(
+    masks: Sequence[SceneMask],
+    complete: Sequence[bool],
+    grid: ChipGrid,
+    ios_threshold: float,
+    iou_threshold: float,
+) -> frozenset[frozenset[int]]:
+    """Pairs of complete masks from two chips that are one object (module docstring, 4).
 
-
-def pixel_owner(
-    chips: Sequence[Chip], rows: NDArray[np.int64], cols: NDArray[np.int64]
-) -> NDArray[np.int64]:
-    """Position in ``chips`` of the chip that owns each pixel among those containing it.
-
-    The owner is the chip whose centre is nearest in Manhattan distance, ties going
-    to the lower chip index; on a full grid this equals :meth:`ChipGrid.owner`.
-    Pixels no chip contains get -1.
+    ``complete[k]``: mask ``k`` comes from one chip and no inner edge of it cut the
+    mask. A pair qualifies when both chips saw the whole of both masks, the smaller
+    lies mostly inside the larger (``ios_threshold``), and neither chip drew the other
+    chip's shape too (a mask with IoU above ``iou_threshold`` with it): a chip that
+    drew both a field and its group of fields, or a field and its larger outline,
+    told two granularities apart, and they stay two objects as within one chip.
     """
-    best = np.full(rows.shape, -1, dtype=np.int64)
-    best_dist = np.full(rows.shape, np.inf)
-    for pos, chip in sorted(enumerate(chips), key=lambda pc: pc[1].index):
-        x0, y0, x1, y1 = chip.valid_bounds
-        cx, cy = chip.center
-        inside = (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1)
-        dist = np.abs(cols + 0.5 - cx) + np.abs(rows + 0.5 - cy)
-        better = inside & (dist < best_dist)  # strict: ties stay with the lower index
-        best[better] = pos
-        best_dist[better] = dist[better]
-    return best
+    pairs = overlapping_pairs([m.box for m in masks]).tolist()
+    same_chip: dict[int, list[int]] = {}
+    for i, j in pairs:
+        if masks[i].chips == masks[j].chips:
+            same_chip.setdefault(i, []).append(j)
+            same_chip.setdefault(j, []).append(i)
 
+    def drew_also(k: int, other: int) -> bool:
+        """Whether ``k``'s chip drew another mask like ``other``."""
+        return any(mask_iou(masks[n], masks[other]) > iou_threshold for n in same_chip.get(k, []))
 
-def merge_prompted(
-    masks: Sequence[SceneMask], grid: ChipGrid, prompt_order: Sequence[PromptId] | None = None
-) -> list[SceneMask]:
-    """One mask per prompt_id, assembled from the chips that segmented it.
-
-    Returned in ``prompt_order`` (default: first appearance); prompts without a
-    mask are absent from the result (their output band stays empty).
-    """
-    by_prompt: dict[Hashable, list[SceneMask]] = {}
-    for m in masks:
-        if m.prompt_id is None:
-            raise ValueError("merge_prompted needs masks with a prompt_id")
-        by_prompt.setdefault(m.prompt_id, []).append(m)
-    order = list(by_prompt) if prompt_order is None else list(prompt_order)
-    unknown = set(by_prompt) - set(order)
-    if unknown:
-        raise ValueError(f"masks for prompt ids not in prompt_order: {sorted(map(str, unknown))}")
-    out = []
-    for pid in order:
-        parts = by_prompt.get(pid, [])
-        if not parts:
+    out = set()
+    for i, j in pairs:
+        a, b = masks[i], masks[j]
+        if not (complete[i] and complete[j]) or a.chips == b.chips:
             continue
-        if len(parts) == 1:
-            out.append(parts[0])
+        common = intersect_boxes(grid[a.chip_index].valid_bounds, grid[b.chip_index].valid_bounds)
+        both = union_box(a.box, b.box)
+        if common is None or intersect_boxes(both, common) != both:
+            continue  # one of the chips did not see all of both masks
+        if intersection_over_smaller(a, b) < ios_threshold:
             continue
-        chips = [grid[p.chip_index] for p in parts]
-        box = parts[0].box
-        for p in parts[1:]:
-            box = union_box(box, p.box)
-        rows, cols = np.mgrid[box[1] : box[3], box[0] : box[2]].astype(np.int64)
-        owner = pixel_owner(chips, rows, cols)
-        assembled = np.zeros(rows.shape, dtype=bool)
-        for pos, p in enumerate(parts):
-            assembled |= crop(p, box) & (owner == pos)
-        tight = mask_box(assembled)
-        if tight is None:
-            continue
-        x0, y0, x1, y1 = tight
-        merged = stitch(parts)
-        out.append(
-            replace(
-                merged,
-                box=(box[0] + x0, box[1] + y0, box[0] + x1, box[1] + y1),
-                mask=assembled[y0:y1, x0:x1],
-            )
-        )
-    return out
+        if not (drew_also(i, j) or drew_also(j, i)):
+            out.add(frozenset((i, j)))
+    return frozenset(out)

@@ -17,8 +17,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from components.core.chips import Chip, ChipGrid
-from components.core.merge import SceneMask, masks_from_chip, merge_automatic, merge_prompted
+from components.core.merge import SceneMask, masks_from_chip, merge_automatic
 from components.core.params import AmgParams, Mode, PromptParams, SegmentationSettings
+from components.core.prompt_merge import merge_prompted
 from components.core.prompts import (
     DroppedPrompt,
     PromptGroup,

@@ -203,7 +203,7 @@ def publish_merge(
 def merge_and_publish(
     scenes_dir: Path,
     parts: Sequence[Path],
-    shards: Sequence[Mapping[str, Any]],
+    shards: Sequence[str],
     request: str,
     model_uri: str,
     merged_dir: Path,
@@ -217,7 +217,7 @@ def merge_and_publish(
     """
     checked = from_json(PipelineRequest, request)
     summaries = merge_shards(
-        [ShardPlan.from_dict(s) for s in shards],
+        [ShardPlan.from_json(s) for s in shards],
         read_masks(parts),
         root=scenes_dir,
         prompts=checked.prompts,

@@ -10,15 +10,14 @@ parameter output), and it travels as JSON (:meth:`ShardPlan.to_dict`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from components.core.chips import chip_grid, shard_chips
 from components.core.params import PipelineRequest, SegmentationSettings
 from components.core.radiometry import RgbScaling
-from components.core.records import from_json, from_record, to_record
+from components.core.records import from_json, to_json
 from components.errors import InputError
 from components.inference.strategy import SceneStrategy, scene_strategy
 from components.io.raster import SceneInfo, open_scene, scene_fingerprint, scene_scaling
@@ -65,14 +64,18 @@ class ShardPlan:
     settings: SegmentationSettings
     scenes: tuple[ScenePlan, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form (a KFP ``ParallelFor`` item)."""
-        return to_record(self)
+    def to_json(self) -> str:
+        """JSON text: a KFP ``ParallelFor`` item.
+
+        Text, not a struct: KFP turns a struct item into a protobuf ``Struct`` that
+        cannot hold ``null`` (settings left at "not given", a raster without nodata).
+        """
+        return to_json(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ShardPlan:
-        """Inverse of :meth:`to_dict`, validated."""
-        return from_record(cls, data)
+    def from_json(cls, text: str) -> ShardPlan:
+        """Inverse of :meth:`to_json`, validated."""
+        return from_json(cls, text)
 
 
 def scenes_of(scenes_dir: Path) -> list[SceneSource]:
@@ -182,11 +185,11 @@ def _with_chips(plan: ScenePlan, chips: list[int]) -> ScenePlan:
 
 def plan_request(
     scenes_dir: Path, request: str, *, model_uri: str, chip_size: int
-) -> list[dict[str, Any]]:
-    """The ``plan_chips`` task: shard plans (as JSON) of every ingested scene."""
+) -> list[str]:
+    """The ``plan_chips`` task: shard plans (JSON text) of every ingested scene."""
     checked = from_json(PipelineRequest, request)
     shards = plan_segmentation(
         scenes_of(scenes_dir), checked.settings, prompts=checked.prompts,
         chip_size=chip_size, model_uri=model_uri,
     )  # fmt: skip
-    return [shard.to_dict() for shard in shards]
+    return [shard.to_json() for shard in shards]

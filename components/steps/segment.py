@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,9 +137,9 @@ def read_masks(paths: Sequence[Path]) -> dict[str, list[SceneMask]]:
 
 
 def segment_to_file(
-    scenes_dir: Path, shard: Mapping[str, Any], prompts: str, output_path: Path
+    scenes_dir: Path, shard: str, prompts: str, output_path: Path
 ) -> dict[str, Any]:
     """The ``segment`` task: a shard's masks written to ``output_path``; lineage and counts."""
-    result = segment_shard(ShardPlan.from_dict(shard), scenes_dir, prompts)
+    result = segment_shard(ShardPlan.from_json(shard), scenes_dir, prompts)
     write_masks(result, output_path)
     return {"lineage": result.lineage, "stats": result.stats.to_dict()}

@@ -9,9 +9,8 @@ from components.core.merge import (
     mask_nms,
     masks_from_chip,
     merge_automatic,
-    merge_prompted,
-    pixel_owner,
 )
+from components.core.prompt_merge import merge_prompted, pixel_owner
 from components.core.rendering import render_labels, render_prompt_bands
 
 
@@ -232,6 +231,53 @@ def test_nms_keeps_the_better_ranked_duplicate():
     merged = merge_automatic(masks, grid, mask_nms_thr=0.5)
     assert [m.predicted_iou for m in merged] == [0.95, 0.80]
     assert len(merge_automatic(masks, grid, mask_nms_thr=1.0)) == 3
+
+
+def _one_chip(grid, index, masks, iou=0.9):
+    """``masks`` (scene-sized) as chip ``index`` returns them."""
+    chip = grid[index]
+    local = [
+        np.pad(m[chip.row : chip.row + chip.size, chip.col : chip.col + chip.size], 0)
+        for m in masks
+    ]
+    return masks_from_chip(chip, np.stack(local), [iou] * len(masks), [0.95] * len(masks))
+
+
+def test_one_parcel_drawn_differently_by_two_chips_comes_out_once():
+    """Issue 17's case: a parcel inside two chips' overlap, drawn grown by one chip and
+    shrunk by the other; the copies' IoU (0.45) is below mask NMS's 0.5."""
+    shape = (256, 384)
+    grid = chip_grid(*shape, size=256, spatial_overlap=0.5)  # cols 0 and 128: overlap 128..256
+    grown, shrunk = rect(shape, 150, 90, 234, 174), rect(shape, 164, 104, 220, 160)
+    masks = _one_chip(grid, 0, [grown], iou=0.92) + _one_chip(grid, 1, [shrunk], iou=0.90)
+    assert mask_iou(masks[0], masks[1]) == pytest.approx(56**2 / 84**2)  # 0.44
+    (merged,) = merge_automatic(masks, grid)
+    assert merged.chips == (0,)  # the better-ranked copy
+    assert len(merge_automatic(masks, grid, duplicate_ios=None)) == 2  # NMS alone: twice
+    assert len(merge_automatic(masks, grid, duplicate_ios=1.0)) == 1  # shrunk lies inside
+    slid = _one_chip(grid, 1, [rect(shape, 191, 104, 247, 160)])  # IoS 43/56 = 0.77
+    assert len(merge_automatic(masks[:1] + slid, grid)) == 2
+
+
+def test_a_field_and_its_group_stay_two_objects_across_chips():
+    """Chip 0 keeps a field and the group of two fields it belongs to (two granularities);
+    chip 1 sees only the group. The field lies inside chip 1's group, but chip 0 told
+    them apart, so both stay (and chip 1's group is chip 0's group: NMS keeps one)."""
+    shape = (256, 384)
+    grid = chip_grid(*shape, size=256, spatial_overlap=0.5)
+    field, group = rect(shape, 150, 60, 200, 200), rect(shape, 150, 60, 250, 200)
+    masks = _one_chip(grid, 0, [field, group]) + _one_chip(grid, 1, [group], iou=0.95)
+    merged = merge_automatic(masks, grid)
+    assert sorted(m.area for m in merged) == [field.sum(), group.sum()]
+
+
+def test_masks_one_chip_did_not_see_whole_are_not_judged_duplicates():
+    shape = (256, 384)
+    grid = chip_grid(*shape, size=256, spatial_overlap=0.5)
+    inner = rect(shape, 140, 60, 200, 200)  # inside both chips
+    wide = rect(shape, 100, 40, 210, 220)  # starts left of chip 1 (col 128): cut there
+    masks = _one_chip(grid, 1, [inner]) + _one_chip(grid, 0, [wide], iou=0.95)
+    assert len(merge_automatic(masks, grid)) == 2
 
 
 def test_render_labels_by_window_equals_the_full_render():
