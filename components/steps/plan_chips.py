@@ -183,9 +183,7 @@ def _with_chips(plan: ScenePlan, chips: list[int]) -> ScenePlan:
     return replace(plan, chips=tuple(chips))
 
 
-def plan_request(
-    scenes_dir: Path, request: str, *, model_uri: str, chip_size: int
-) -> list[str]:
+def plan_request(scenes_dir: Path, request: str, *, model_uri: str, chip_size: int) -> list[str]:
     """The ``plan_chips`` task: shard plans (JSON text) of every ingested scene."""
     checked = from_json(PipelineRequest, request)
     shards = plan_segmentation(
