@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= cpu,export,dev
+EXTRAS ?= cpu,openvino,export,dev
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 # Debian packages the tests need (tools/system_deps.sh installs them, or says how)

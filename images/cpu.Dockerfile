@@ -1,4 +1,4 @@
-# s2sam-cpu: ingest, chip planning, merge, and SAM on CPU (onnxruntime).
+# s2sam-cpu: ingest, chip planning, merge, and SAM on CPU (onnxruntime and OpenVINO).
 #
 # Build from the repository root with `make images` (or `REGISTRY=... make push`): the
 # tag is components.images.image("cpu") and the image installs THIS package at that
@@ -34,7 +34,7 @@ RUN --mount=type=bind,source=.,target=/mnt/src \
           /mnt/src/components /mnt/src/pipelines /mnt/src/model_export /tmp/src/; \
     python3 -m venv /opt/s2sam; \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
-        /opt/s2sam/bin/pip install --quiet "/tmp/src[cpu]"; \
+        /opt/s2sam/bin/pip install --quiet "/tmp/src[cpu,openvino]"; \
     installed="$(/opt/s2sam/bin/s2sam --version)"; \
     if [ -n "$S2SAM_VERSION" ] && [ "$installed" != "s2sam $S2SAM_VERSION" ]; then \
         echo "installed '$installed', but the image is tagged $S2SAM_VERSION" >&2; exit 1; \

@@ -9,7 +9,8 @@ The exported directory holds everything a runtime needs and nothing else::
     decoder.onnx                          prompts -> chip-resolution + low-res logits, IoUs
     decoder_lowres.onnx                   prompts -> low-res logits, IoUs (automatic mode)
     encoder_fp16.onnx [+ .data]           optional, for GPUs (LayerNorm kept in fp32)
-    s2sam_model.json                      manifest: architecture, contract, sha256s, parity
+    s2sam_model.json                      manifest: architecture, contract, sha256s, parity,
+                                          bf16 agreement (model_export.agreement)
 
 Models over ~2 GB (vit_h) are stored with ONNX external data: protobuf cannot hold
 them in one file, and the registry records and verifies the data files too.
@@ -32,6 +33,7 @@ from components.errors import InputError
 from components.io.files import file_sha256
 from components.io.model_files import MANIFEST_FORMAT, MANIFEST_NAME
 from components.version import __version__
+from model_export.agreement import measure_precisions
 from model_export.architectures import SamArchitecture, get_architecture
 from model_export.graphs import (
     DECODER_FILE,
@@ -260,6 +262,7 @@ def run_export(
             tolerances=options.parity_tolerances,
         )
         manifest = _manifest(arch, described, work, graphs, parity, export_seconds)
+        manifest["precisions"] = measure_precisions(work, manifest, options.parity_seed)
         _publish(work, output_dir, manifest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

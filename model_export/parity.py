@@ -106,7 +106,7 @@ def _agreement(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
 
 
 def _session(path: Path, providers: list[str] | None = None) -> Any:
-    from components.inference.onnx_sam import open_session
+    from components.inference.backends import open_session
 
     return open_session(path, providers, memory_arena=False)
 

@@ -39,6 +39,8 @@ Mode = Literal["automatic", "prompted"]
 MODES: tuple[str, ...] = get_args(Mode)
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "average")
 MODEL_TYPES_DOC = "vit_b, vit_l or vit_h (vit_tiny for tests)"
+BACKENDS = ("auto", "onnxruntime", "openvino")  # components.inference.backends runs them
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # of the image encoder; decoders stay fp32
 
 _R = TypeVar("_R")
 
@@ -54,6 +56,11 @@ def _in_unit(name: str, value: float, *, closed: bool = True) -> None:
     ok = 0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0
     if not (isinstance(value, int | float) and math.isfinite(value) and ok):
         raise InputError(f"{name} must be in [0, 1{']' if closed else ')'}, got {value!r}")
+
+
+def _one_of(name: str, value: object, choices: Sequence[object]) -> None:
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def _int_at_least(name: str, value: object, minimum: int) -> None:
@@ -94,8 +101,7 @@ class SearchParams:
         margin = self.margin_m
         if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
             raise InputError(f"margin must be a non-negative number of metres, got {margin!r}")
-        if self.resampling not in RESAMPLINGS:
-            raise InputError(f"resampling must be one of {RESAMPLINGS}, got {self.resampling!r}")
+        _one_of("resampling", self.resampling, RESAMPLINGS)
         if not self.collection or not isinstance(self.collection, str):
             raise InputError(f"collection must be a collection id, got {self.collection!r}")
         area = self.max_area_km2
@@ -123,8 +129,7 @@ class RadiometryParams:
     def __post_init__(self) -> None:
         if self.band_names and self.band_indexes:
             raise InputError("give band names or band indexes, not both")
-        if self.stretch not in STRETCH_MODES:
-            raise InputError(f"stretch must be one of {STRETCH_MODES}, got {self.stretch!r}")
+        _one_of("stretch", self.stretch, STRETCH_MODES)
         low, high = self.percentiles
         if not 0.0 <= low < high <= 100.0:
             raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
@@ -222,8 +227,21 @@ class ExecutionParams:
         "overlapping chips read each block once.",
     )
     use_cache: bool = _doc(True, "Reuse cached image embeddings (keyed by scene and model).")
+    backend: str = _doc(
+        "auto",
+        "Inference backend: onnxruntime, openvino (CPU) or auto (onnxruntime on a GPU, "
+        "else openvino when installed, else onnxruntime).",
+    )
+    precision: str = _doc(
+        "auto",
+        "Image encoder precision: fp32, bf16 (openvino on a CPU with AVX-512 BF16 or "
+        "AMX: faster, embeddings within about 1e-2), fp16 (GPU, models exported with "
+        "fp16) or auto (fp16 on a GPU when the model has it, else fp32).",
+    )
 
     def __post_init__(self) -> None:
+        _one_of("backend", self.backend, BACKENDS)
+        _one_of("precision", self.precision, PRECISIONS)
         _int_at_least("chip_shards", self.chip_shards, 1)
         _int_at_least("encoder_batch_size", self.encoder_batch_size, 0)
         _int_at_least("num_workers", self.num_workers, 0)
@@ -344,7 +362,7 @@ _RECORDS: tuple[tuple[type[Any], tuple[str, ...], str], ...] = (
     (RadiometryParams, ("band_scaling", "band_offset"), ""),
     (AmgParams, tuple(f.name for f in dataclasses.fields(AmgParams)), ""),
     (PromptParams, ("refine_iterations",), ""),
-    (ExecutionParams, ("chip_shards", "num_workers", "in_memory"), ""),
+    (ExecutionParams, ("chip_shards", "num_workers", "in_memory", "backend", "precision"), ""),
     (FieldCleaning, tuple(f.name for f in dataclasses.fields(FieldCleaning)), FIELD_PREFIX),
 )
 

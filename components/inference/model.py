@@ -15,7 +15,6 @@ extreme pixels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +25,7 @@ from components.core.radiometry import PAD_RGB
 from components.errors import InputError
 
 if TYPE_CHECKING:
+    from components.inference.backends import Engine
     from components.io.model_files import ResolvedModel
 
 NUM_MASKS = 4
@@ -53,12 +53,13 @@ class SegmentationModel(Protocol):
 
     image_size: int
     """Side of the square encoder input, in pixels: the chip size."""
-    encoder_sha256: str
-    """Digest of the encoder graph in use: part of every embedding cache key."""
+    embedding_key: str
+    """The encoder graph's digest, and its precision where that changes the embeddings:
+    part of every embedding cache key."""
     embedding_shape: tuple[int, ...]
     """Shape of one chip's embedding (what the cache checks an entry against)."""
     provider: str
-    """Where it runs (e.g. ``CPUExecutionProvider``), for summaries."""
+    """Where and how it runs (e.g. ``openvino:CPU fp32``), for summaries."""
     lineage: dict[str, Any]
     """What every output records about the model (registered name, version, ...)."""
     default_batch_size: int
@@ -92,23 +93,50 @@ class SegmentationModel(Protocol):
         ...
 
 
-def load_model(
-    resolved: ResolvedModel, providers: Sequence[str] | None = None
-) -> SegmentationModel:
-    """The implementation that runs ``resolved`` (verified files) on this machine.
+def load_model(resolved: ResolvedModel, engine: Engine | None = None) -> SegmentationModel:
+    """The implementation that runs ``resolved`` (verified files) with ``engine``.
+
+    ``engine`` (:func:`~components.inference.backends.choose_engine`): the backend,
+    device and precision; default: the automatic choice for this machine.
 
     Raises:
         InputError: A model family this version of the package cannot run.
     """
+    if engine is not None and engine.precision == "bf16":
+        check_measured_agreement(resolved, "bf16")
     family = str(resolved.manifest.get("family", "sam"))
     if family == "sam":
         from components.inference.onnx_sam import SamModel
 
-        return SamModel.from_resolved(resolved, providers=providers)
+        return SamModel.from_resolved(resolved, engine)
     raise InputError(
         f"model {resolved.name} version {resolved.version} is a {family!r} model; this "
         "version of s2-sam-pipelines runs SAM models only"
     )
+
+
+def check_measured_agreement(resolved: ResolvedModel, precision: str) -> None:
+    """Refuse a precision whose agreement with fp32 was not measured, or fell short.
+
+    Export measures it (:mod:`model_export.agreement`) and records it in the manifest.
+
+    Raises:
+        InputError: Not measured for this model, or below the bar; names the figures.
+    """
+    figures = resolved.manifest.get("precisions", {}).get(precision)
+    what = f"model {resolved.name} version {resolved.version}"
+    if figures is None:
+        raise InputError(
+            f"{what} has no measured {precision} agreement with fp32 (exported where "
+            f"{precision} could not run): use precision fp32, or export it again on a CPU "
+            "with AVX-512 BF16 or AMX and the [openvino] extra"
+        )
+    if not figures["accepted"]:
+        raise InputError(
+            f"{what}: {precision} masks agree with fp32 at mean IoU "
+            f"{figures['mask_iou_mean']:.3f} (min {figures['mask_iou_min']:.3f}), below "
+            f"{figures['min_mask_iou']}: use precision fp32"
+        )
 
 
 def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:

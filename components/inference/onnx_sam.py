@@ -1,16 +1,14 @@
-"""SAM on ONNX Runtime: sessions, batched encoder, decoder calls, logits upsampling.
+"""SAM's exported graphs: batched encoder, decoder calls, logits upsampling.
 
 The :class:`~components.inference.model.SegmentationModel` implementation for SAM
-(vit_b/l/h and the small test configurations) exported by :mod:`model_export`.
-Providers are chosen at run time: CUDA when the installed onnxruntime has it and a
-GPU answers, else the CPU. ``onnxruntime`` also lists providers that are not compute
-back ends (e.g. Azure's remote one); those are never picked unless asked for.
+(vit_b/l/h and the small test configurations) exported by :mod:`model_export`. The
+graphs run on whatever :class:`~components.inference.backends.Engine` it is given
+(onnxruntime on a CPU or GPU, OpenVINO on a CPU); only the GPU's I/O binding, an
+onnxruntime feature, is specific to one backend.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,72 +16,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from components.errors import InputError
+from components.inference.backends import Engine, choose_engine
 from components.inference.model import DecoderOutput
 
 if TYPE_CHECKING:
     from components.io.model_files import ResolvedModel
-
-PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-PROVIDERS_ENV = "S2SAM_ORT_PROVIDERS"
-"""Comma-separated provider list that overrides the automatic choice."""
-
-
-def cpu_count() -> int:
-    """CPUs this process may use (cgroup/affinity aware, unlike ``os.cpu_count``)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
-    """Execution providers to use, best first, always ending with the CPU.
-
-    ``requested`` (or ``$S2SAM_ORT_PROVIDERS``) overrides the choice; a requested
-    provider this onnxruntime build lacks is an error, not a silent CPU fallback.
-    """
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if requested is None and (env := os.environ.get(PROVIDERS_ENV)):
-        requested = [p.strip() for p in env.split(",") if p.strip()]
-    if requested:
-        missing = [p for p in requested if p not in available]
-        if missing:
-            raise InputError(
-                f"onnxruntime providers {missing} are not available here; available: {available}"
-            )
-        chosen = list(requested)
-    else:
-        chosen = [p for p in PREFERRED_PROVIDERS if p in available]
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
-
-
-def open_session(
-    path: Path | str,
-    providers: Sequence[str] | None = None,
-    threads: int | None = None,
-    memory_arena: bool = True,
-) -> Any:
-    """An ``InferenceSession`` with full graph optimisation and a sane thread count.
-
-    ``threads`` defaults to the CPUs this process may use: onnxruntime's own default
-    counts the host's cores, which oversubscribes a container limited to a few.
-    ``memory_arena=False`` returns activation memory after each call instead of
-    keeping it for the next: slower, but a one-off check of a large model then does
-    not hold gigabytes it no longer needs.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or cpu_count()
-    options.inter_op_num_threads = 1
-    options.enable_cpu_mem_arena = memory_arena
-    return ort.InferenceSession(str(path), options, providers=choose_providers(providers))
 
 
 class SamModel:
@@ -94,9 +31,7 @@ class SamModel:
         directory: Path,
         manifest: dict[str, Any],
         lineage: dict[str, Any] | None = None,
-        providers: Sequence[str] | None = None,
-        threads: int | None = None,
-        fp16: bool | None = None,
+        engine: Engine | None = None,
     ) -> None:
         graphs = manifest["graphs"]
         arch = manifest["architecture"]
@@ -111,46 +46,44 @@ class SamModel:
             self.embedding_size,
         )
         self.lineage = lineage or {"model_name": "local", "model_uri": str(directory)}
-        chosen = choose_providers(providers)
-        use_fp16 = "encoder_fp16" in graphs and (
-            fp16 if fp16 is not None else chosen[0] == "CUDAExecutionProvider"
-        )
-        encoder_key = "encoder_fp16" if use_fp16 else "encoder"
+        self.engine = engine or choose_engine()
+        encoder_key = self._encoder_key(graphs)
         self.encoder_file = graphs[encoder_key]["file"]
-        self.encoder_sha256 = str(manifest["files"][self.encoder_file]["sha256"])
-        # CPU arena off for the encoder: the arena rounds its growth up and keeps it,
-        # doubling vit_b's peak (7.2 vs 4.0 GB per chip) at no speed gain
-        self._encoder = open_session(
-            directory / self.encoder_file,
-            chosen,
-            threads,
-            memory_arena=chosen[0] != "CPUExecutionProvider",
-        )
-        self._decoder = open_session(directory / graphs["decoder"]["file"], chosen, threads)
-        self._decoder_lowres = open_session(
-            directory / graphs["decoder_lowres"]["file"], chosen, threads
-        )
-        self._upscale = open_session(directory / graphs["upscale"]["file"], chosen, threads)
-        self.provider = self._encoder.get_providers()[0]
-        self.io_binding = self.provider == "CUDAExecutionProvider"
-        self.default_batch_size = 8 if self.io_binding else 1
-        """Chips per encoder call: batching pays on a GPU, not on a CPU (same chips/s)."""
+        self.precision = "fp16" if encoder_key == "encoder_fp16" else self.engine.precision
+        """The encoder's precision in use (the decoders run in fp32)."""
+        digest = str(manifest["files"][self.encoder_file]["sha256"])
+        # bf16 embeddings differ from fp32 ones (by about 1e-2): never served for each other
+        bf16 = self.precision == "bf16"
+        self.embedding_key = f"{digest}+bf16" if bf16 else digest
+        self._encoder = self.engine.open(directory / self.encoder_file, encoder=True)
+        self._decoder = self.engine.open(directory / graphs["decoder"]["file"])
+        self._decoder_lowres = self.engine.open(directory / graphs["decoder_lowres"]["file"])
+        self._upscale = self.engine.open(directory / graphs["upscale"]["file"])
+        self.provider = f"{self.engine.device} {self.precision}"
+        self.io_binding = self.engine.on_gpu
         """On CUDA, a chip's embedding is copied to the GPU once and reused by its many
         decoder calls (automatic mode makes one call per batch of grid points)."""
+        self.default_batch_size = 8 if self.engine.on_gpu else 1
+        """Chips per encoder call: batching pays on a GPU, not on a CPU (same chips/s)."""
         self._device_embedding: tuple[NDArray[np.float32], Any] | None = None
         self.encoder_calls = 0
         self.encoded_images = 0
         self.decoder_calls = 0
 
+    def _encoder_key(self, graphs: dict[str, Any]) -> str:
+        """The encoder graph for the engine's precision (fp16: the model's fp16 file)."""
+        has_fp16 = "encoder_fp16" in graphs
+        if self.engine.precision == "fp16" and not has_fp16:
+            raise InputError("precision fp16 needs a model exported with an fp16 encoder (--fp16)")
+        # precision auto (on a GPU): the fp16 encoder when the model has one
+        return (
+            "encoder_fp16" if has_fp16 and self.engine.precision in ("fp16", "auto") else "encoder"
+        )
+
     @classmethod
-    def from_resolved(
-        cls,
-        model: ResolvedModel,
-        providers: Sequence[str] | None = None,
-        threads: int | None = None,
-    ) -> SamModel:
+    def from_resolved(cls, model: ResolvedModel, engine: Engine | None = None) -> SamModel:
         """Load a model resolved (and verified) by :func:`components.io.registry.resolve_model`."""
-        return cls(model.directory, model.manifest, model.lineage, providers, threads)
+        return cls(model.directory, model.manifest, model.lineage, engine)
 
     def encode(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         """Embed a batch of uint8 chips ``(B, 3, S, S)``."""

@@ -93,7 +93,7 @@ class EncoderSettings:
         window = (chip.row, chip.col, chip.size, chip.size)
         return [
             embedding_key(
-                self.scene_sha256, window, scaling, model.encoder_sha256, crop, self.upsample
+                self.scene_sha256, window, scaling, model.embedding_key, crop, self.upsample
             )
             for crop in crops
         ]

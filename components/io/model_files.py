@@ -176,7 +176,20 @@ def version_tags(manifest: dict[str, Any], manifest_sha256: str) -> dict[str, st
             "iou_prediction_max_abs_error",
         ):
             tags[f"s2sam.parity.{graph}.{key}"] = f"{report[key]:.6g}"
+    tags["s2sam.precisions"] = precisions_summary(manifest)
+    for precision, figures in manifest.get("precisions", {}).items():
+        for key in ("embedding_rms_error", "mask_iou_mean", "mask_iou_min", "accepted"):
+            tags[f"s2sam.agreement.{precision}.{key}"] = f"{figures[key]:.6g}"
     return tags
+
+
+def precisions_summary(manifest: dict[str, Any]) -> str:
+    """The precisions a model may run in, with bf16's measured agreement (for listings)."""
+    names = ["fp32"] + (["fp16"] if "encoder_fp16" in manifest["graphs"] else [])
+    for precision, figures in manifest.get("precisions", {}).items():
+        verdict = "" if figures["accepted"] else " refused"
+        names.append(f"{precision}{verdict} (mask IoU {figures['mask_iou_mean']:.4f})")
+    return ", ".join(names)
 
 
 @dataclass(frozen=True)

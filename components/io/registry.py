@@ -386,6 +386,7 @@ class ModelVersionInfo:
     weights: str
     weights_source: str
     created: str
+    precisions: str = "fp32"
 
 
 def list_models(tracking: str | None = None) -> list[ModelVersionInfo]:
@@ -406,15 +407,10 @@ def list_models(tracking: str | None = None) -> list[ModelVersionInfo]:
         for mv in sorted(versions, key=lambda v: -int(v.version)):
             tags = dict(mv.tags or {})
             created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc)
-            out.append(
-                ModelVersionInfo(
-                    name=model.name,
-                    version=str(mv.version),
-                    aliases=tuple(sorted(aliases_of.get(str(mv.version), []))),
-                    model_type=tags.get("s2sam.model_type", "?"),
-                    weights=tags.get("s2sam.weights", "?"),
-                    weights_source=tags.get("s2sam.weights_source", "?"),
-                    created=created.isoformat(timespec="seconds"),
-                )
-            )
+            out.append(ModelVersionInfo(
+                model.name, str(mv.version), tuple(sorted(aliases_of.get(str(mv.version), []))),
+                tags.get("s2sam.model_type", "?"), tags.get("s2sam.weights", "?"),
+                tags.get("s2sam.weights_source", "?"), created.isoformat(timespec="seconds"),
+                tags.get("s2sam.precisions", "fp32"),
+            ))  # fmt: skip
     return out

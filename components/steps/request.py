@@ -58,7 +58,11 @@ def request_from_parameters(mode: Mode, values: Mapping[str, Any]) -> PipelineRe
         amg=AmgParams(**{f.name: v[f.name] for f in fields(AmgParams)}),
         prompt=PromptParams(refine_iterations=v["refine_iterations"]),
         execution=ExecutionParams(
-            chip_shards=v["chip_shards"], num_workers=v["num_workers"], in_memory=v["in_memory"]
+            chip_shards=v["chip_shards"],
+            num_workers=v["num_workers"],
+            in_memory=v["in_memory"],
+            backend=v["backend"],
+            precision=v["precision"],
         ),
         fields=FieldCleaning(**{f.name: v[FIELD_PREFIX + f.name] for f in fields(FieldCleaning)}),
     )

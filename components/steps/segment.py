@@ -20,6 +20,7 @@ from pycocotools import mask as mask_utils
 
 from components.core.chips import chip_grid
 from components.core.merge import SceneMask
+from components.inference.backends import choose_engine
 from components.inference.embeddings import EmbeddingCache
 from components.inference.model import SegmentationModel, load_model
 from components.inference.shard import EncoderSettings, Progress, RunStats, segment_chips
@@ -58,8 +59,10 @@ def segment_shard(
     ahead of the encoder (at least 2) and raster blocks kept in memory.
     """
     settings = plan.settings
-    model = model or load_model(resolve_model(plan.model_uri))
     execution = settings.execution
+    if model is None:  # the engine first: a backend not installed fails before a download
+        engine = choose_engine(execution.backend, execution.precision)
+        model = load_model(resolve_model(plan.model_uri), engine)
     cache = EmbeddingCache(cache_dir() / "embeddings") if execution.use_cache else None
     result = ShardResult(lineage=model.lineage)
     with rasterio.Env(GDAL_CACHEMAX=BLOCK_CACHE_MB[execution.in_memory]):

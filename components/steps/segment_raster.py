@@ -17,6 +17,7 @@ from typing import Any
 from components.core.chips import ChipGrid
 from components.core.merge import SceneMask
 from components.core.params import SegmentationSettings
+from components.inference.backends import choose_engine
 from components.inference.model import load_model
 from components.inference.shard import Progress, RunStats
 from components.inference.strategy import scene_strategy
@@ -61,7 +62,9 @@ def segment_raster(
     settings = replace(settings, execution=replace(settings.execution, chip_shards=1))
     scene_strategy(settings, prompts, open_planned_scene(source, settings))  # before the model
     uri = model_uri or default_model_uri(model_type)
-    model = load_model(resolve_model(uri), providers=providers)
+    execution = settings.execution
+    engine = choose_engine(execution.backend, execution.precision, providers)
+    model = load_model(resolve_model(uri), engine)
     (shard,) = plan_segmentation(  # one shard: a scene always has a chip to segment
         [source], settings, prompts=prompts, chip_size=model.image_size, model_uri=uri
     )

@@ -85,6 +85,13 @@ def _export(args: argparse.Namespace) -> int:
         f"{parity['embedding_max_abs_error']:.2e}, min mask agreement "
         f"{parity['mask_agreement_min']:.4f}"
     )
+    for precision, figures in exported.manifest.get("precisions", {}).items():
+        verdict = "accepted" if figures["accepted"] else "REFUSED (runs refuse it)"
+        print(
+            f"{precision} vs fp32: embedding RMS error {figures['embedding_rms_error']:.2e}, "
+            f"click mask IoU mean {figures['mask_iou_mean']:.4f} (min "
+            f"{figures['mask_iou_min']:.4f}, bar {figures['min_mask_iou']}): {verdict}"
+        )
     return 0
 
 
@@ -96,7 +103,7 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no SAM models registered in {redact(tracking_uri())}")
         return 0
-    header = ("NAME", "VERSION", "ALIASES", "TYPE", "WEIGHTS", "SOURCE", "CREATED")
+    header = ("NAME", "VERSION", "ALIASES", "TYPE", "WEIGHTS", "SOURCE", "CREATED", "PRECISIONS")
     table = [header] + [
         (
             r.name,
@@ -106,6 +113,7 @@ def _list(args: argparse.Namespace) -> int:
             r.weights,
             r.weights_source,
             r.created,
+            r.precisions,
         )
         for r in rows
     ]

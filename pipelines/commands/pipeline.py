@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from components.core.params import LOCAL_CHIP_SHARDS, Mode
+from components.core.params import BACKENDS, LOCAL_CHIP_SHARDS, PRECISIONS, Mode
 from components.errors import InputError, ServiceError
 from components.io.stac import DEFAULT_STAC_URL, STAC_URL_ENV
 from pipelines.commands.options import add_pipeline_parameter
@@ -34,6 +34,8 @@ RUN_PARAMETERS: dict[str, dict[str, Any]] = {
     "band_scaling": {},
     "band_offset": {},
     "chip_shards": {"default": LOCAL_CHIP_SHARDS},
+    "backend": {"choices": BACKENDS},
+    "precision": {"choices": PRECISIONS},
     "stac_url": {},
     "refine_iterations": {},
     "num_workers": {},

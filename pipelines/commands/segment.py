@@ -10,7 +10,9 @@ from typing import Any
 
 from components.core.fields import FieldCleaning
 from components.core.params import (
+    BACKENDS,
     FIELD_PREFIX,
+    PRECISIONS,
     AmgParams,
     ExecutionParams,
     PipelineRequest,
@@ -79,6 +81,8 @@ def register(subparsers: Any) -> None:
     add_field(p, ExecutionParams, "encoder_batch_size")
     add_field(p, PromptParams, "refine_iterations")
     add_field(p, ExecutionParams, "use_cache", "--cache")
+    add_field(p, ExecutionParams, "backend", choices=BACKENDS)
+    add_field(p, ExecutionParams, "precision", choices=PRECISIONS)
     p.add_argument("--providers", type=names, help="onnxruntime providers, best first")
     add_amg_arguments(p)
     add_radiometry_arguments(p)
@@ -106,7 +110,11 @@ def settings_from(args: argparse.Namespace, mode: str) -> SegmentationSettings:
         amg=amg,
         prompt=PromptParams(refine_iterations=args.refine_iterations),
         execution=ExecutionParams(
-            chip_shards=1, encoder_batch_size=args.encoder_batch_size, use_cache=args.use_cache
+            chip_shards=1,
+            encoder_batch_size=args.encoder_batch_size,
+            use_cache=args.use_cache,
+            backend=args.backend,
+            precision=args.precision,
         ),
         fields=field_cleaning_from(args),
     )

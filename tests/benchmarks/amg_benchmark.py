@@ -1,4 +1,4 @@
-"""Automatic segmentation of one chip: ours (ONNX Runtime) vs SamAutomaticMaskGenerator.
+"""Automatic segmentation of one chip: ours (any backend) vs SamAutomaticMaskGenerator.
 
 Same process, same chip, same weights, same parameters. Prints wall times, ratios,
 encoder chips/s and decoder prompts/s, and checks that the masks match (count and
@@ -75,7 +75,8 @@ def main() -> None:
 
     from components.core.params import AmgParams
     from components.inference.automatic import generate_chip_masks
-    from components.inference.onnx_sam import SamModel, cpu_count
+    from components.inference.backends import choose_engine, cpu_count
+    from components.inference.onnx_sam import SamModel
     from components.io.model_files import read_manifest
     from model_export.architectures import get_architecture
     from model_export.export import run_export
@@ -91,6 +92,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--batch", type=int, default=1, help="encoder batch for the chips/s figure")
     p.add_argument("--export-dir", type=Path, help="reuse/keep the exported model here")
+    p.add_argument("--backend", default="auto", help="auto, onnxruntime or openvino")
+    p.add_argument("--precision", default="auto", help="auto, fp32, fp16 or bf16")
     args = p.parse_args()
 
     torch.set_num_threads(cpu_count())
@@ -104,7 +107,8 @@ def main() -> None:
             run_export(args.model_type, export_dir, WeightsSource(random_weights=True, seed=0))
         print(f"export + parity check: {time.perf_counter() - started:.0f} s")
     sam = load_checkpoint(args.checkpoint, arch) if args.checkpoint else random_sam(arch, 0)
-    model = SamModel(export_dir, read_manifest(export_dir))
+    engine = choose_engine(args.backend, args.precision)
+    model = SamModel(export_dir, read_manifest(export_dir), engine=engine)
     image, source = chip_image(arch.image_size)
     params = AmgParams(
         points_per_side=args.points_per_side,

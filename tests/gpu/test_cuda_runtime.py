@@ -9,6 +9,7 @@ pytestmark = pytest.mark.skipif(
     reason="no CUDA: onnxruntime-gpu and an NVIDIA GPU are needed (the [gpu] extra)",
 )
 
+from components.inference.backends import Engine, choose_engine  # noqa: E402
 from components.inference.model import prompt_arrays  # noqa: E402
 from components.inference.onnx_sam import SamModel  # noqa: E402
 from components.io.model_files import read_manifest  # noqa: E402
@@ -26,11 +27,15 @@ def fp16_export(tmp_path_factory):
     return out
 
 
+def _engine(precision: str, provider: str) -> Engine:
+    return choose_engine("onnxruntime", precision, [provider])
+
+
 def test_cuda_matches_cpu_with_io_binding(fp16_export):
     manifest = read_manifest(fp16_export)
-    gpu = SamModel(fp16_export, manifest, providers=["CUDAExecutionProvider"], fp16=False)
-    cpu = SamModel(fp16_export, manifest, providers=["CPUExecutionProvider"])
-    assert gpu.provider == "CUDAExecutionProvider" and gpu.io_binding
+    gpu = SamModel(fp16_export, manifest, engine=_engine("fp32", "CUDAExecutionProvider"))
+    cpu = SamModel(fp16_export, manifest, engine=_engine("fp32", "CPUExecutionProvider"))
+    assert gpu.engine.device == "CUDAExecutionProvider" and gpu.io_binding
     x = np.random.default_rng(0).integers(0, 256, (2, 3, 1024, 1024), dtype=np.uint8)
     emb_gpu, emb_cpu = gpu.encode(x), cpu.encode(x)
     np.testing.assert_allclose(emb_gpu, emb_cpu, atol=1e-3)
@@ -45,8 +50,8 @@ def test_cuda_matches_cpu_with_io_binding(fp16_export):
 
 def test_fp16_encoder_is_chosen_on_cuda_and_close_to_fp32(fp16_export):
     manifest = read_manifest(fp16_export)
-    half = SamModel(fp16_export, manifest, providers=["CUDAExecutionProvider"])
-    full = SamModel(fp16_export, manifest, providers=["CPUExecutionProvider"])
+    half = SamModel(fp16_export, manifest, engine=_engine("auto", "CUDAExecutionProvider"))
+    full = SamModel(fp16_export, manifest, engine=_engine("auto", "CPUExecutionProvider"))
     assert half.encoder_file == "encoder_fp16.onnx" and full.encoder_file == "encoder.onnx"
     x = np.random.default_rng(1).integers(0, 256, (1, 3, 1024, 1024), dtype=np.uint8)
     a, b = half.encode(x), full.encode(x)

@@ -39,13 +39,15 @@ def test_image_holds_this_version_as_non_root_without_pip(podman, cpu_image):
         "-c",
         "import importlib.util as u, shutil, components.io.ingest, components.inference.onnx_sam, "
         "components.io.registry, components.io.outputs, onnxruntime as ort; "
+        "from components.inference.backends import choose_engine; "
         "print(shutil.which('python3'), u.find_spec('pip') is None, "
-        "ort.get_available_providers()[-1])",
+        "ort.get_available_providers()[-1], choose_engine().backend)",
     )
-    python, no_pip, provider = out.split()
+    python, no_pip, provider, backend = out.split()
     assert python == "/opt/s2sam/bin/python3"
     assert no_pip == "True"
     assert provider == "CPUExecutionProvider"
+    assert backend == "openvino"  # the CPU image's automatic choice
 
 
 @dsl.component(base_image=image("cpu"), install_kfp_package=False)

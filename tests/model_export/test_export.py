@@ -10,7 +10,7 @@ import onnx
 import torch
 from segment_anything import SamPredictor
 
-from components.inference.onnx_sam import open_session
+from components.inference.backends import open_session
 from components.io.files import file_sha256
 from components.io.model_files import MANIFEST_NAME, read_manifest
 from model_export.architectures import ARCHITECTURES

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from components.inference import backends
+
 pytest.importorskip("torch", reason="model export needs the [export] extra")
 pytest.importorskip("mlflow")
 
@@ -56,6 +58,7 @@ def test_export_then_list_on_a_fresh_install(fresh_env, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "alias candidate -> version 2" in out.stdout
+    out_export = out.stdout
 
     out = run("models", "list", env=fresh_env)
     assert out.returncode == 0, out.stderr
@@ -70,6 +73,13 @@ def test_export_then_list_on_a_fresh_install(fresh_env, tmp_path):
         "seed=1",
     ]
     assert lines[2].split()[:6] == ["sam-vit_tiny-test", "1", "-", "vit_tiny", "random", "seed=0"]
+    # the precisions each version may run in, with bf16's agreement measured at export
+    assert lines[0].split()[-1] == "PRECISIONS"
+    bf16 = backends.openvino_installed() and backends.openvino_bf16()
+    for line in lines[1:]:
+        assert line.split()[7].rstrip(",") == "fp32"
+        assert ("mask IoU" in line.split("fp32, ")[-1]) == bf16, line
+    assert ("bf16 vs fp32: embedding RMS error" in out_export) == bf16
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,10 @@ def test_prompted_and_automatic_on_the_real_sample(shared_data, tiny_export, tmp
         (["--auto", "--bands", "1,2,9"], "band indexes [9] are outside 1..8"),
         (["--prompts", "/no/such.geojson", "--bands", "1,2,3"], "prompts file /no/such.geojson"),
         (["--auto", "--bands", "1,2,3", "--pred-iou-thresh", "1.5"], "pred_iou_thresh"),
+        (
+            ["--auto", "--bands", "1,2,3", "--backend", "onnxruntime", "--precision", "bf16"],
+            "precision bf16 runs on the openvino backend",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(shared_data, tmp_path, args, message):

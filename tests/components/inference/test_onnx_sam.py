@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from components.core.radiometry import PAD_RGB
+from components.inference.backends import choose_providers
 from components.inference.model import pad_chip, preprocess_shape, prompt_arrays
-from components.inference.onnx_sam import SamModel, choose_providers
+from components.inference.onnx_sam import SamModel
 from components.io.model_files import read_manifest
 
 torch = pytest.importorskip("torch")

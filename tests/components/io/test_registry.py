@@ -7,7 +7,7 @@ from components.errors import IntegrityError, ModelNotFoundError, ServiceError
 
 pytest.importorskip("mlflow")
 
-from components.inference.onnx_sam import open_session
+from components.inference.backends import open_session
 from components.io.registry import (
     client,
     default_model_uri,
