@@ -58,15 +58,13 @@ def best(fn, repeats: int) -> tuple[float, object]:
 
 
 def matched(ours, ref) -> tuple[int, int, float]:
+    """Mask counts, and the worst of our masks' best IoU with a reference mask."""
+    from components.core.agreement import best_ious
+
     if not ref or not len(ours):
         return len(ours), len(ref), float("nan")
-    ref_masks = np.stack([r["segmentation"] for r in ref])
-    worst = 1.0
-    for m in ours.masks:
-        inter = (ref_masks & m).sum((1, 2))
-        union = (ref_masks | m).sum((1, 2))
-        worst = min(worst, float((inter / np.maximum(union, 1)).max()))
-    return len(ours), len(ref), worst
+    best = best_ious(ours.masks, np.stack([r["segmentation"] for r in ref]))
+    return len(ours), len(ref), float(best.min())
 
 
 def main() -> None:
