@@ -266,6 +266,7 @@ def export_sam(
     random_weights: bool,
     seed: int,
     fp16: bool,
+    int8: bool,
     alias: str,
     model_name: str,
 ) -> str:
@@ -278,6 +279,7 @@ def export_sam(
         random_weights: Seeded random weights (tests and benchmarks only).
         seed: Seed for random_weights.
         fp16: Also export an fp16 encoder for GPUs.
+        int8: Also make an int8 encoder for CPUs, kept when its masks agree with fp32.
         alias: Alias to point at the new version; empty: champion, which random
             weights never take unless named here.
         model_name: Registered model name; empty: sam-<model_type>.
@@ -296,6 +298,7 @@ def export_sam(
             model_type=model_type,
             weights=WeightsSource.from_parameters(checkpoint, random_weights, seed),
             fp16=fp16,
+            int8=int8,
             alias=alias,
             model_name=model_name,
         )

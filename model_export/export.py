@@ -9,6 +9,8 @@ The exported directory holds everything a runtime needs and nothing else::
     decoder.onnx                          prompts -> chip-resolution + low-res logits, IoUs
     decoder_lowres.onnx                   prompts -> low-res logits, IoUs (automatic mode)
     encoder_fp16.onnx [+ .data]           optional, for GPUs (LayerNorm kept in fp32)
+    encoder_int8.onnx                     optional, for CPUs (model_export.quantize), kept
+                                          only when its masks agree with fp32's
     s2sam_model.json                      manifest: architecture, contract, sha256s, parity,
                                           bf16 agreement (model_export.agreement)
 
@@ -40,6 +42,7 @@ from model_export.graphs import (
     DECODER_LOWRES_FILE,
     ENCODER_FILE,
     ENCODER_FP16_FILE,
+    ENCODER_INT8_FILE,
     OPSET,
     UPSCALE_FILE,
     ExportError,
@@ -54,6 +57,7 @@ from model_export.parity import (
     check_parity,
     parity_images,
 )
+from model_export.quantize import calibration_chips, quantize_encoder
 from model_export.weights import WeightsInfo, WeightsSource, resolve_weights
 
 if TYPE_CHECKING:
@@ -203,6 +207,43 @@ def _manifest(
     }
 
 
+def _int8_encoder(
+    arch: SamArchitecture, work: Path, graphs: dict[str, Any], options: ExportOptions
+) -> dict[str, Any]:
+    """Quantise the fp32 encoder in ``work`` and add it to ``graphs``.
+
+    Returns:
+        How it was calibrated, for the manifest.
+    """
+    from model_export.onnx_models import encoder_contract
+
+    chips = calibration_chips(arch.image_size, options.parity_seed, options.calibration)
+    seconds = quantize_encoder(work / ENCODER_FILE, work / ENCODER_INT8_FILE, chips)
+    graphs["encoder_int8"] = {"file": ENCODER_INT8_FILE, **encoder_contract(arch)}
+    seeded = f"seeded mosaics, seed {options.parity_seed}"
+    source = [p.name for p in options.calibration] or [seeded]
+    return {"chips": len(chips), "source": source, "seconds": round(seconds, 1)}
+
+
+def _keep_int8_if_agreed(work: Path, manifest: dict[str, Any], calibration: dict[str, Any]) -> None:
+    """Record how the int8 encoder was made; drop it when its masks missed the bar.
+
+    A model version then never carries an encoder that no run would accept; the
+    figures stay in the manifest so the user sees why there is no int8.
+    """
+    figures = manifest["precisions"]["int8"]
+    figures["calibration"] = calibration
+    if figures["accepted"]:
+        return
+    print(
+        f"int8 encoder not kept: its click masks agree with fp32 at mean IoU "
+        f"{figures['mask_iou_mean']:.3f}, below {figures['min_mask_iou']} (calibrated on "
+        f"{calibration['chips']} chips of {', '.join(calibration['source'])})"
+    )
+    (work / ENCODER_INT8_FILE).unlink()
+    del manifest["graphs"]["encoder_int8"], manifest["files"][ENCODER_INT8_FILE]
+
+
 def _publish(work: Path, output_dir: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest last, then rename the finished directory into place."""
     (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -217,6 +258,10 @@ class ExportOptions:
 
     fp16: bool = False
     """Also export an fp16 encoder (for GPUs), checked with looser tolerances."""
+    int8: bool = False
+    """Also make an int8 encoder (for CPUs without bf16), kept when it agrees with fp32."""
+    calibration: tuple[Path, ...] = ()
+    """Scene rasters whose chips calibrate the int8 encoder; none: seeded mosaics."""
     force_external_data: bool = False
     """Store weights as ONNX external data even under 2 GB (vit_h always does)."""
     parity_seed: int = 0
@@ -245,6 +290,9 @@ def run_export(
     if output_dir.exists() and any(output_dir.iterdir()):
         raise InputError(f"output directory {output_dir} exists and is not empty")
     options = options or ExportOptions()
+    for raster in options.calibration:
+        if not Path(raster).is_file():
+            raise InputError(f"calibration raster {raster} does not exist")
     sam, described = resolve_weights(arch, weights, cache_dir)
     fp16, force_external_data = options.fp16, options.force_external_data
     graphs = _graph_table(arch, fp16)
@@ -261,8 +309,11 @@ def run_export(
             seed=options.parity_seed,
             tolerances=options.parity_tolerances,
         )
+        calibration = _int8_encoder(arch, work, graphs, options) if options.int8 else None
         manifest = _manifest(arch, described, work, graphs, parity, export_seconds)
         manifest["precisions"] = measure_precisions(work, manifest, options.parity_seed)
+        if calibration is not None:
+            _keep_int8_if_agreed(work, manifest, calibration)
         _publish(work, output_dir, manifest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -29,6 +29,7 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 DECODER_LOWRES_FILE = "decoder_lowres.onnx"
 ENCODER_FP16_FILE = "encoder_fp16.onnx"
+ENCODER_INT8_FILE = "encoder_int8.onnx"
 UPSCALE_FILE = "upscale.onnx"
 
 

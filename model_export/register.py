@@ -64,6 +64,7 @@ def export_sam_step(
     model_type: str,
     weights: WeightsSource,
     fp16: bool,
+    int8: bool,
     alias: str,
     model_name: str,
 ) -> str:
@@ -74,7 +75,7 @@ def export_sam_step(
     exported, registered = export_and_register(
         model_type,
         weights,
-        ExportOptions(fp16=fp16),
+        ExportOptions(fp16=fp16, int8=int8),
         alias=alias or None,
         model_name=model_name or None,
     )

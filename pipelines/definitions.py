@@ -197,6 +197,7 @@ def export_sam(
     random_weights: bool = False,
     seed: int = 0,
     fp16: bool = False,
+    int8: bool = False,
     alias: str = "",
     model_name: str = "",
 ) -> dsl.Model:
@@ -209,12 +210,14 @@ def export_sam(
         random_weights: Seeded random weights (tests and benchmarks only).
         seed: Seed for random_weights.
         fp16: Also export an fp16 encoder for GPUs.
+        int8: Also make an int8 encoder for CPUs (calibrated on seeded field-like
+            mosaics), kept only when its masks agree with fp32's.
         alias: Alias for the new version; empty: champion (never for random weights).
         model_name: Registered model name; empty: sam-<model_type>.
     """
     task = tasks.export_sam(
         model_type=model_type, checkpoint=checkpoint, random_weights=random_weights,
-        seed=seed, fp16=fp16, alias=alias, model_name=model_name,
+        seed=seed, fp16=fp16, int8=int8, alias=alias, model_name=model_name,
     )  # fmt: skip
     return _cpu(task, "export", "export and register SAM").outputs["model"]
 

@@ -71,16 +71,20 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def fields_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The SAM trained on synthetic fields (tests/data/fields), through the real export path."""
+    """The SAM trained on synthetic fields (tests/data/fields), through the real export path,
+    with an int8 encoder calibrated on a training-seed scene (never a held-out one)."""
     pytest.importorskip("torch", reason="model export needs the [export] extra (torch)")
     pytest.importorskip("segment_anything", reason="model export needs segment-anything")
-    from model_export.export import run_export
+    from model_export.export import ExportOptions, run_export
     from model_export.weights import WeightsSource
+    from tests.data.fields.data import make_scene, write_s2_geotiff
     from tests.data.fields.model import CHECKPOINT, MODEL_TYPE
 
-    out = tmp_path_factory.mktemp("fields") / "model"
-    run_export(MODEL_TYPE, out, WeightsSource(checkpoint=CHECKPOINT))
-    return out
+    folder = tmp_path_factory.mktemp("fields")
+    calibration = write_s2_geotiff(make_scene(7, 1024, 2048), folder / "calibration.tif")
+    options = ExportOptions(int8=True, calibration=(calibration,))
+    run_export(MODEL_TYPE, folder / "model", WeightsSource(checkpoint=CHECKPOINT), options)
+    return folder / "model"
 
 
 @pytest.fixture

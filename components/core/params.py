@@ -40,7 +40,7 @@ MODES: tuple[str, ...] = get_args(Mode)
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "average")
 MODEL_TYPES_DOC = "vit_b, vit_l or vit_h (vit_tiny for tests)"
 BACKENDS = ("auto", "onnxruntime", "openvino")  # components.inference.backends runs them
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # of the image encoder; decoders stay fp32
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # of the image encoder; decoders stay fp32
 
 _R = TypeVar("_R")
 
@@ -235,8 +235,10 @@ class ExecutionParams:
     precision: str = _doc(
         "auto",
         "Image encoder precision: fp32, bf16 (openvino on a CPU with AVX-512 BF16 or "
-        "AMX: faster, embeddings within about 1e-2), fp16 (GPU, models exported with "
-        "fp16) or auto (fp16 on a GPU when the model has it, else fp32).",
+        "AMX), int8 (CPU, models exported with int8: for CPUs without bf16), fp16 "
+        "(GPU, models exported with fp16) or auto (fp16 on a GPU when the model has "
+        "it, else fp32). bf16 and int8 run only where export measured their masks "
+        "agreeing with fp32's.",
     )
 
     def __post_init__(self) -> None:

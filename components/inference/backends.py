@@ -14,7 +14,10 @@ backend is one small adapter here and nothing above this module tests which one 
 ``auto`` takes onnxruntime on a GPU and OpenVINO on a CPU when it is installed (the
 ``[openvino]`` extra), else onnxruntime.
 
-Precision applies to the image encoder. The decoders stay in fp32 on every backend:
+Precision applies to the image encoder. int8 is a graph of its own (a quantised copy
+of the fp32 encoder, made at export), run by either backend on a CPU: OpenVINO ran it
+2x faster than onnxruntime fp32 on vit_b, onnxruntime no faster, so ``auto`` takes
+OpenVINO for it too. The decoders stay in fp32 on every backend:
 in bf16 their logits moved by up to 1.0 (mask pixels flip at the 0 threshold) for a
 decoder no faster than fp32 (measured on the field fixture with OpenVINO 2026.4), so
 there is nothing to trade.
@@ -35,7 +38,7 @@ from numpy.typing import NDArray
 from components.core.params import BACKENDS, PRECISIONS, ExecutionParams
 from components.errors import InputError
 
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
+Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 PROVIDERS_ENV = "S2SAM_ORT_PROVIDERS"
@@ -221,9 +224,11 @@ def choose_engine(
 
 
 def _openvino_engine(precision: str, threads: int) -> Engine:
-    """OpenVINO on the CPU in fp32 or bf16."""
+    """OpenVINO on the CPU in fp32, bf16 or int8 (the model's int8 encoder)."""
     if precision in ("auto", "fp32"):
         return Engine("openvino", "fp32", threads=threads)
+    if precision == "int8":
+        return Engine("openvino", "int8", threads=threads)
     if precision == "fp16":
         raise InputError("precision fp16 runs on a GPU (backend onnxruntime with CUDA)")
     if not openvino_bf16():
@@ -234,13 +239,19 @@ def _openvino_engine(precision: str, threads: int) -> Engine:
 
 
 def _onnxruntime_engine(precision: str, providers: Sequence[str] | None, threads: int) -> Engine:
-    """Onnxruntime on its best provider; fp16 (and auto's fp16) only on a GPU."""
+    """Onnxruntime on its best provider.
+
+    fp16 (and auto's fp16) only on a GPU; int8 only on a CPU (CUDA has no kernels for
+    its quantised ops).
+    """
     found = tuple(choose_providers(providers))
     if precision == "bf16":
         raise InputError("precision bf16 runs on the openvino backend (pip install '.[openvino]')")
     on_gpu = found[0] == "CUDAExecutionProvider"
     if precision == "fp16" and not on_gpu:
         raise InputError("precision fp16 runs on a GPU; onnxruntime found none here")
+    if precision == "int8" and on_gpu:
+        raise InputError("precision int8 runs on a CPU: use fp16 on a GPU")
     resolved = "fp32" if precision == "auto" and not on_gpu else precision
     return Engine("onnxruntime", resolved, found, threads)  # type: ignore[arg-type]
 

@@ -102,8 +102,8 @@ def load_model(resolved: ResolvedModel, engine: Engine | None = None) -> Segment
     Raises:
         InputError: A model family this version of the package cannot run.
     """
-    if engine is not None and engine.precision == "bf16":
-        check_measured_agreement(resolved, "bf16")
+    if engine is not None and engine.precision in ("bf16", "int8"):
+        check_measured_agreement(resolved, engine.precision)
     family = str(resolved.manifest.get("family", "sam"))
     if family == "sam":
         from components.inference.onnx_sam import SamModel
@@ -126,10 +126,13 @@ def check_measured_agreement(resolved: ResolvedModel, precision: str) -> None:
     figures = resolved.manifest.get("precisions", {}).get(precision)
     what = f"model {resolved.name} version {resolved.version}"
     if figures is None:
+        how = (
+            "export it again with --int8"
+            if precision == "int8"
+            else "export it again on a CPU with AVX-512 BF16 or AMX and the [openvino] extra"
+        )
         raise InputError(
-            f"{what} has no measured {precision} agreement with fp32 (exported where "
-            f"{precision} could not run): use precision fp32, or export it again on a CPU "
-            "with AVX-512 BF16 or AMX and the [openvino] extra"
+            f"{what} has no measured {precision} agreement with fp32: use precision fp32, or {how}"
         )
     if not figures["accepted"]:
         raise InputError(

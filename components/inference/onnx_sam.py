@@ -49,7 +49,7 @@ class SamModel:
         self.engine = engine or choose_engine()
         encoder_key = self._encoder_key(graphs)
         self.encoder_file = graphs[encoder_key]["file"]
-        self.precision = "fp16" if encoder_key == "encoder_fp16" else self.engine.precision
+        self.precision = encoder_key.partition("_")[2] or self.engine.precision
         """The encoder's precision in use (the decoders run in fp32)."""
         digest = str(manifest["files"][self.encoder_file]["sha256"])
         # bf16 embeddings differ from fp32 ones (by about 1e-2): never served for each other
@@ -71,14 +71,17 @@ class SamModel:
         self.decoder_calls = 0
 
     def _encoder_key(self, graphs: dict[str, Any]) -> str:
-        """The encoder graph for the engine's precision (fp16: the model's fp16 file)."""
-        has_fp16 = "encoder_fp16" in graphs
-        if self.engine.precision == "fp16" and not has_fp16:
-            raise InputError("precision fp16 needs a model exported with an fp16 encoder (--fp16)")
+        """The encoder graph for the engine's precision: fp16 and int8 have their own."""
+        precision = self.engine.precision
+        if precision in ("fp16", "int8") and f"encoder_{precision}" not in graphs:
+            raise InputError(
+                f"precision {precision} needs a model exported with an {precision} encoder "
+                f"(s2sam export-model --{precision})"
+            )
+        if precision in ("fp16", "int8"):
+            return f"encoder_{precision}"
         # precision auto (on a GPU): the fp16 encoder when the model has one
-        return (
-            "encoder_fp16" if has_fp16 and self.engine.precision in ("fp16", "auto") else "encoder"
-        )
+        return "encoder_fp16" if precision == "auto" and "encoder_fp16" in graphs else "encoder"
 
     @classmethod
     def from_resolved(cls, model: ResolvedModel, engine: Engine | None = None) -> SamModel:

@@ -1,10 +1,11 @@
 """Backend x precision on a CPU: speed, memory, and agreement with onnxruntime fp32.
 
-Same process, same chip, same weights. For each engine (onnxruntime fp32, OpenVINO
-fp32, OpenVINO bf16 where the CPU has it) prints encoder seconds per chip, automatic
-segmentation seconds per chip (16 x 16 points, score filters off: the worst case for
-the decoder), the embedding error and mask agreement against onnxruntime fp32, and,
-with the trained field model, the click mIoU against the synthetic ground truth.
+Same process, same chip, same weights. For each engine (onnxruntime fp32 and int8,
+OpenVINO fp32, bf16 where the CPU has it, and int8) prints encoder seconds per chip,
+automatic segmentation seconds per chip (16 x 16 points, score filters off: the worst
+case for the decoder), the embedding error and mask agreement against onnxruntime
+fp32, the peak memory while the engine loads and runs, and, with the trained field
+model, the click mIoU against the synthetic ground truth.
 ``SamAutomaticMaskGenerator`` (PyTorch) on the same chip gives the reference time.
 Not a test: run it by hand, e.g.
 
@@ -19,6 +20,7 @@ import gc
 import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,22 +33,26 @@ sys.path.insert(0, str(REPO))
 from tests.benchmarks.amg_benchmark import best  # noqa: E402
 
 
-def engines() -> list[tuple[str, str]]:
+def engines(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     from components.inference import backends
 
-    out = [("onnxruntime", "fp32")]
+    int8 = "encoder_int8" in manifest["graphs"]
+    out = [("onnxruntime", "fp32")] + ([("onnxruntime", "int8")] if int8 else [])
     if backends.openvino_installed():
         out.append(("openvino", "fp32"))
         if backends.openvino_bf16():
             out.append(("openvino", "bf16"))
+        if int8:
+            out.append(("openvino", "int8"))
     return out
 
 
 def export(model_type: str, export_dir: Path | None) -> tuple[Path, Any, str]:
     """The exported model (cached in ``export_dir``) and its PyTorch twin."""
     from model_export.architectures import get_architecture
-    from model_export.export import run_export
+    from model_export.export import ExportOptions, run_export
     from model_export.weights import WeightsSource, load_checkpoint, random_sam
+    from tests.data.fields.data import make_scene, write_s2_geotiff
     from tests.data.fields.model import CHECKPOINT, MODEL_TYPE
 
     trained = model_type == "fields"
@@ -58,19 +64,45 @@ def export(model_type: str, export_dir: Path | None) -> tuple[Path, Any, str]:
             if trained
             else WeightsSource(random_weights=True, seed=0)
         )
+        # int8 calibrated on a training-seed scene's four chips (never a held-out one)
+        calibration = write_s2_geotiff(
+            make_scene(7, 1024, 4096), Path(tempfile.mkdtemp()) / "c.tif"
+        )
         started = time.perf_counter()
-        run_export(arch.name, directory, source)
+        run_export(
+            arch.name, directory, source, ExportOptions(int8=True, calibration=(calibration,))
+        )
         print(f"export + parity check: {time.perf_counter() - started:.0f} s")
     sam = load_checkpoint(CHECKPOINT, arch) if trained else random_sam(arch, 0)
     name = "vit_tiny trained on synthetic fields" if trained else f"{arch.name}, seeded weights"
     return directory, sam, name
 
 
-def rss_mb() -> float:
-    import psutil
+class PeakRss:
+    """The process's peak resident memory while the block runs, sampled every 10 ms.
 
-    gc.collect()
-    return psutil.Process().memory_info().rss / 2**20
+    (``ru_maxrss`` is the peak over the whole process life, so it cannot tell one
+    engine from the one before it.)
+    """
+
+    def __enter__(self) -> PeakRss:
+        import psutil
+
+        gc.collect()
+        self._process = psutil.Process()
+        self.baseline_mb = self.peak_mb = self._process.memory_info().rss / 2**20
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.01):
+            self.peak_mb = max(self.peak_mb, self._process.memory_info().rss / 2**20)
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def measure(model: Any, scene: Any, groups: list[Any], params: Any, repeats: int) -> dict[str, Any]:
@@ -92,7 +124,6 @@ def measure(model: Any, scene: Any, groups: list[Any], params: Any, repeats: int
         "embedding": emb,
         "auto": auto.masks,
         "clicks": np.stack([c.mask for c in clicks]),
-        "rss_mb": rss_mb(),
     }
 
 
@@ -149,10 +180,13 @@ def main() -> None:
         t_ref, _ = best(lambda: generator.generate(scene.rgb), 1)
 
     rows: dict[str, dict[str, Any]] = {}
-    for backend, precision in engines():
-        model = SamModel(directory, manifest, engine=choose_engine(backend, precision))
-        rows[f"{backend} {precision}"] = measure(model, scene, groups, params, args.repeats)
-        del model
+    for backend, precision in engines(manifest):
+        with PeakRss() as rss:
+            model = SamModel(directory, manifest, engine=choose_engine(backend, precision))
+            row = measure(model, scene, groups, params, args.repeats)
+            del model
+        row["rss_peak_mb"], row["rss_added_mb"] = rss.peak_mb, rss.peak_mb - rss.baseline_mb
+        rows[f"{backend} {precision}"] = row
     ref = rows["onnxruntime fp32"]
     truth = np.stack([scene.labels == q.label for q in parcels])
     from components.core.agreement import pairwise_ious
@@ -160,7 +194,8 @@ def main() -> None:
     print(f"model: {name}; chip 1024 px synthetic field scene; {cpu_count()} CPUs; "
           f"SamAutomaticMaskGenerator (PyTorch) {t_ref:.2f} s/chip")  # fmt: skip
     header = ("engine", "enc s", "x ort", "AMG s", "x ref", "click ms", "emb rms", "emb max",
-              "click IoU", "auto IoU", "masks", "click mIoU gt", "RSS MB")  # fmt: skip
+              "click IoU", "auto IoU", "masks", "click mIoU gt", "peak RSS MB",
+              "added MB")  # fmt: skip
     print(" | ".join(header))
     table = []
     for label, row in rows.items():
@@ -175,7 +210,8 @@ def main() -> None:
             "click_ms": round(row["click_ms"], 1),
             **{k: round(v, 6) for k, v in agree.items()},
             "click_miou_ground_truth": round(miou, 4),
-            "rss_mb": round(row["rss_mb"]),
+            "rss_peak_mb": round(row["rss_peak_mb"]),
+            "rss_added_mb": round(row["rss_added_mb"]),
         }
         table.append(cells)
         print(" | ".join(str(v) for v in cells.values()))

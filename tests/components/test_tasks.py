@@ -84,7 +84,7 @@ def test_export_sam_runs_in_kfp_local(local_registry, tmp_path):
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     task = tasks.export_sam(
-        model_type="vit_tiny", checkpoint="", random_weights=True, seed=0, fp16=False,
+        model_type="vit_tiny", checkpoint="", random_weights=True, seed=0, fp16=False, int8=False,
         alias="candidate", model_name="sam-vit_tiny-kfp",
     )  # fmt: skip
     assert task.outputs["Output"] == "models:/sam-vit_tiny-kfp/1"

@@ -54,6 +54,7 @@ def test_export_then_list_on_a_fresh_install(fresh_env, tmp_path):
         "sam-vit_tiny-test",
         "--alias",
         "candidate",
+        "--int8",
         env=fresh_env,
     )
     assert out.returncode == 0, out.stderr
@@ -80,6 +81,9 @@ def test_export_then_list_on_a_fresh_install(fresh_env, tmp_path):
         assert line.split()[7].rstrip(",") == "fp32"
         assert ("mask IoU" in line.split("fp32, ")[-1]) == bf16, line
     assert ("bf16 vs fp32: embedding RMS error" in out_export) == bf16
+    # version 2 was exported with --int8: measured, whether kept or not
+    assert "int8 vs fp32: embedding RMS error" in out_export
+    assert "int8" in lines[1].split("fp32, ")[-1] and "int8" not in lines[2]
 
 
 @pytest.mark.parametrize(
@@ -92,6 +96,20 @@ def test_export_then_list_on_a_fresh_install(fresh_env, tmp_path):
         (["--model-type", "vit_tiny", "--checkpoint", "/nope.pth"], "/nope.pth does not exist"),
         (["--model-type", "vit_tiny", "--random-weights"], "needs --seed"),
         (["--model-type", "vit_tiny", "--seed", "1"], "--seed only applies"),
+        (["--model-type", "vit_tiny", "--calibration", "a.tif"], "--calibration only applies"),
+        (
+            [
+                "--model-type",
+                "vit_tiny",
+                "--random-weights",
+                "--seed",
+                "0",
+                "--int8",
+                "--calibration",
+                "/nope.tif",
+            ],
+            "calibration raster /nope.tif does not exist",
+        ),
         (["--model-type", "vit_tiny"], "no published checkpoint"),
     ],
 )
