@@ -28,6 +28,7 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 DECODER_LOWRES_FILE = "decoder_lowres.onnx"
+DECODER_POINTS_FILE = "decoder_points.onnx"
 ENCODER_FP16_FILE = "encoder_fp16.onnx"
 ENCODER_INT8_FILE = "encoder_int8.onnx"
 UPSCALE_FILE = "upscale.onnx"
@@ -131,15 +132,23 @@ def export_encoder(
     )
 
 
-def export_decoder(sam: Sam, arch: SamArchitecture, path: Path, upsample: bool) -> None:
-    """Write a decoder graph; ``upsample`` adds chip-resolution logits."""
+def export_decoder(
+    sam: Sam, arch: SamArchitecture, path: Path, upsample: bool, mask_input: bool = True
+) -> None:
+    """Write a decoder graph.
+
+    ``upsample`` adds chip-resolution logits; without ``mask_input`` it is the low-res
+    :class:`~model_export.onnx_models.PointsDecoderGraph`.
+    """
     import torch
 
     from model_export.onnx_models import (
         DECODER_INPUTS,
         DECODER_LOWRES_OUTPUTS,
         DECODER_OUTPUTS,
+        DECODER_POINTS_INPUTS,
         DecoderGraph,
+        PointsDecoderGraph,
     )
 
     g, c, lo = arch.embedding_size, arch.prompt_embed_dim, arch.low_res_size
@@ -153,20 +162,22 @@ def export_decoder(sam: Sam, arch: SamArchitecture, path: Path, upsample: bool) 
     )
     prompts = torch.export.Dim("prompts", min=1, max=65536)
     points = torch.export.Dim("points", min=1, max=4096)
+    dims: dict[str, Any] = {
+        "image_embeddings": None,
+        "point_coords": {0: prompts, 1: points},
+        "point_labels": {0: prompts, 1: points},
+        "mask_input": {0: prompts},
+        "has_mask_input": {0: prompts},
+    }
+    if not mask_input:
+        module: torch.nn.Module = PointsDecoderGraph(sam)
+        names = list(DECODER_POINTS_INPUTS)
+        example, dims = example[:3], {k: dims[k] for k in names}  # type: ignore[assignment]
+    else:
+        module, names = DecoderGraph(sam, upsample=upsample), list(DECODER_INPUTS)
+    outputs = DECODER_OUTPUTS if upsample else DECODER_LOWRES_OUTPUTS
     _export_graph(
-        DecoderGraph(sam, upsample=upsample).eval(),
-        example,
-        path,
-        list(DECODER_INPUTS),
-        list(DECODER_OUTPUTS if upsample else DECODER_LOWRES_OUTPUTS),
-        {
-            "image_embeddings": None,
-            "point_coords": {0: prompts, 1: points},
-            "point_labels": {0: prompts, 1: points},
-            "mask_input": {0: prompts},
-            "has_mask_input": {0: prompts},
-        },
-        force_external_data=False,
+        module.eval(), example, path, names, list(outputs), dims, force_external_data=False
     )
 
 

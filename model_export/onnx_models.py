@@ -11,7 +11,10 @@ Rewritten from segment_anything's ``SamOnnxModel`` so that they trace with
   output; 1-3: the multimask outputs) with their predicted IoUs. The ``full`` variant
   also upsamples the logits to chip resolution; the ``lowres`` variant stops at the
   low-resolution logits, so automatic mode upsamples only the masks that survive
-  its filters (ONNX Runtime computes every output of a graph on every call).
+  its filters (ONNX Runtime computes every output of a graph on every call);
+* the **points** decoder is the ``lowres`` one for prompt sets without a mask input
+  (automatic mode, and every first click), which lets all prompt sets share the
+  image side of the decoder's first layer (:class:`PointsDecoderGraph`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ DECODER_INPUTS = (
     "mask_input",
     "has_mask_input",
 )
+DECODER_POINTS_INPUTS = DECODER_INPUTS[:3]
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 DECODER_LOWRES_OUTPUTS = ("iou_predictions", "low_res_masks")
 NUM_MASKS = 4
@@ -158,6 +162,48 @@ class DecoderGraph(nn.Module):
         return masks, iou, low_res
 
 
+class PointsDecoderGraph(DecoderGraph):
+    """:class:`DecoderGraph` (low-res) for prompt sets without a mask input, ~1.5x faster.
+
+    SAM's ``predict_masks`` copies the image embedding once per prompt set and adds the
+    dense (mask) prompt to each copy; the decoder's first layer then projects all those
+    copies. Without a mask input the dense prompt is the one learnt "no mask" vector,
+    so every copy is the same: here the embedding stays a batch of one and broadcasts
+    against the prompt sets inside the attention products, and the image tokens
+    become per-prompt only where the first image-to-token attention writes to them.
+    The arithmetic is SAM's (its own modules run it), and the parity gate checks it.
+    On a CPU the decoder is bound by memory traffic over those 4096 image tokens per
+    prompt set (elementwise ops, transposes, the copy itself), which is what this saves.
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__(sam, upsample=False)
+
+    def forward(  # type: ignore[override]
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """Decode every prompt set against the one image embedding, no mask inputs."""
+        md = self.mask_decoder
+        sparse = self._embed_points(point_coords, point_labels)
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        src = image_embeddings + no_mask  # a batch of one, shared by every prompt set
+        tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
+        tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+        _, c, h, w = src.shape
+        hs, keys = md.transformer(src, self.prompt_encoder.get_dense_pe(), tokens)
+        upscaled = md.output_upscaling(keys.transpose(1, 2).reshape(-1, c, h, w))
+        hyper_in = torch.stack(
+            [md.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(md.num_mask_tokens)],
+            dim=1,
+        )
+        b, c2, h2, w2 = upscaled.shape
+        low_res = (hyper_in @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)
+        return md.iou_prediction_head(hs[:, 0, :]), low_res
+
+
 def encoder_contract(arch: SamArchitecture) -> dict[str, Any]:
     """Names, shapes and dtypes of the encoder graph, as recorded in the registry."""
     s, g, c = arch.image_size, arch.embedding_size, arch.prompt_embed_dim
@@ -167,7 +213,9 @@ def encoder_contract(arch: SamArchitecture) -> dict[str, Any]:
     }
 
 
-def decoder_contract(arch: SamArchitecture, upsample: bool) -> dict[str, Any]:
+def decoder_contract(
+    arch: SamArchitecture, upsample: bool, mask_input: bool = True
+) -> dict[str, Any]:
     """Names, shapes and dtypes of a decoder graph, as recorded in the registry."""
     s, g, c, lo = arch.image_size, arch.embedding_size, arch.prompt_embed_dim, arch.low_res_size
     outputs: dict[str, Any] = {}
@@ -175,14 +223,16 @@ def decoder_contract(arch: SamArchitecture, upsample: bool) -> dict[str, Any]:
         outputs["masks"] = {"shape": ["prompts", NUM_MASKS, s, s], "dtype": "float32"}
     outputs["iou_predictions"] = {"shape": ["prompts", NUM_MASKS], "dtype": "float32"}
     outputs["low_res_masks"] = {"shape": ["prompts", NUM_MASKS, lo, lo], "dtype": "float32"}
+    inputs: dict[str, Any] = {
+        "image_embeddings": {"shape": [1, c, g, g], "dtype": "float32"},
+        "point_coords": {"shape": ["prompts", "points", 2], "dtype": "float32"},
+        "point_labels": {"shape": ["prompts", "points"], "dtype": "float32"},
+    }
+    if mask_input:
+        inputs["mask_input"] = {"shape": ["prompts", 1, lo, lo], "dtype": "float32"}
+        inputs["has_mask_input"] = {"shape": ["prompts"], "dtype": "float32"}
     return {
-        "inputs": {
-            "image_embeddings": {"shape": [1, c, g, g], "dtype": "float32"},
-            "point_coords": {"shape": ["prompts", "points", 2], "dtype": "float32"},
-            "point_labels": {"shape": ["prompts", "points"], "dtype": "float32"},
-            "mask_input": {"shape": ["prompts", 1, lo, lo], "dtype": "float32"},
-            "has_mask_input": {"shape": ["prompts"], "dtype": "float32"},
-        },
+        "inputs": inputs,
         "outputs": outputs,
         "notes": (
             "point_coords are SAM pixel indices in the 1024 px chip (x, y); labels: 1 foreground, "

@@ -15,7 +15,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model_export.architectures import SamArchitecture
-from model_export.graphs import DECODER_FILE, DECODER_LOWRES_FILE, ENCODER_FILE
+from model_export.graphs import (
+    DECODER_FILE,
+    DECODER_LOWRES_FILE,
+    DECODER_POINTS_FILE,
+    ENCODER_FILE,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -147,6 +152,16 @@ class _Worst:
             self.agreement = min(self.agreement, _agreement(masks[0, j] > 0, ref_m[0, j] > 0))
             self.compared += 1
 
+    def add_points(
+        self,
+        decoded_points: list[Any],
+        reference: tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]],
+    ) -> None:
+        """Account for the points decoder on a prompt set without a mask input."""
+        ious, low = decoded_points
+        self.low_res_error = max(self.low_res_error, float(np.abs(low - reference[2]).max()))
+        self.iou_error = max(self.iou_error, float(np.abs(ious - reference[1]).max()))
+
     def report(self, graph: str, provider: str, tol: ParityTolerances) -> ParityReport:
         """The figures, and whether they pass ``tol``."""
         passed = (
@@ -257,6 +272,7 @@ def check_parity(
     encoder = _session(directory / encoder_file, providers)
     decoder = _session(directory / DECODER_FILE, providers)
     lowres = _session(directory / DECODER_LOWRES_FILE, providers)
+    points = _session(directory / DECODER_POINTS_FILE, providers)
     provider = encoder.get_providers()[0]
 
     # one chip per call: a batch would double the activation peak (GBs for vit_h);
@@ -273,5 +289,8 @@ def check_parity(
             decoded, decoded_lowres = decoder.run(None, feeds), lowres.run(None, feeds)
             reference = _reference_prediction(predictor, prompt, ref_mask_in)
             worst.add_prompt(decoded, decoded_lowres, reference)
+            if ref_mask_in is None:  # the points decoder takes no mask input
+                names = ("image_embeddings", "point_coords", "point_labels")
+                worst.add_points(points.run(None, {k: feeds[k] for k in names}), reference)
         predictor.reset_image()
     return worst.report(encoder_file, provider, tol)

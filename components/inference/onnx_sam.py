@@ -58,6 +58,10 @@ class SamModel:
         self._encoder = self.engine.open(directory / self.encoder_file, encoder=True)
         self._decoder = self.engine.open(directory / graphs["decoder"]["file"])
         self._decoder_lowres = self.engine.open(directory / graphs["decoder_lowres"]["file"])
+        # models exported before the points decoder existed run everything on lowres
+        points = graphs.get("decoder_points", graphs["decoder_lowres"])
+        self._decoder_points = self.engine.open(directory / points["file"])
+        self._points_inputs = tuple(points["inputs"])
         self._upscale = self.engine.open(directory / graphs["upscale"]["file"])
         self.provider = f"{self.engine.device} {self.precision}"
         self.io_binding = self.engine.on_gpu
@@ -130,7 +134,13 @@ class SamModel:
             "has_mask_input": has_mask,
         }
         self.decoder_calls += 1
-        session = self._decoder if full_resolution else self._decoder_lowres
+        if full_resolution:
+            session = self._decoder
+        elif has_mask.any():
+            session = self._decoder_lowres
+        else:  # no mask input: the points decoder (shares the image side, ~1.5x faster)
+            session = self._decoder_points
+            feeds = {k: feeds[k] for k in self._points_inputs}
         outputs = self._run_bound(session, feeds) if self.io_binding else session.run(None, feeds)
         if full_resolution:
             masks, ious, low = outputs

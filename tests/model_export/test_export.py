@@ -25,7 +25,8 @@ TINY = ARCHITECTURES["vit_tiny"]
 def test_exported_directory_and_manifest(tiny_export):
     names = sorted(p.name for p in tiny_export.iterdir())
     assert names == [
-        "decoder.onnx", "decoder_lowres.onnx", "encoder.onnx", MANIFEST_NAME, "upscale.onnx",
+        "decoder.onnx", "decoder_lowres.onnx", "decoder_points.onnx", "encoder.onnx",
+        MANIFEST_NAME, "upscale.onnx",
     ]  # fmt: skip
     manifest = read_manifest(tiny_export)
     assert manifest["model_type"] == "vit_tiny"
@@ -51,6 +52,9 @@ def test_exported_directory_and_manifest(tiny_export):
         "iou_predictions",
         "low_res_masks",
     }
+    points = manifest["graphs"]["decoder_points"]
+    assert list(points["inputs"]) == ["image_embeddings", "point_coords", "point_labels"]
+    assert points["outputs"] == manifest["graphs"]["decoder_lowres"]["outputs"]
     assert "torch" in manifest["versions"] and "onnxruntime" in manifest["versions"]
 
 
@@ -86,6 +90,12 @@ def test_encoder_batches_and_decoder_takes_many_prompts(tiny_export):
     ious2, low2 = low.run(None, feeds)
     np.testing.assert_allclose(low2, low_res, atol=1e-5)
     np.testing.assert_allclose(ious2, ious, atol=1e-6)
+    # the points decoder: the same outputs without mask inputs, the embedding shared
+    points = open_session(tiny_export / "decoder_points.onnx")
+    names = ("image_embeddings", "point_coords", "point_labels")
+    ious3, low3 = points.run(None, {k: feeds[k] for k in names})
+    np.testing.assert_allclose(low3, low_res, atol=1e-5)
+    np.testing.assert_allclose(ious3, ious, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(1024, 1024), (512, 512), (700, 513)])

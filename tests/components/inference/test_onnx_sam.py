@@ -66,3 +66,39 @@ def test_model_counts_calls_and_checks_inputs(tiny_export):
     up = model.upscale(out.low_res_logits, (1024, 1024), (1024, 1024))
     np.testing.assert_allclose(up, out.masks, atol=1e-4)  # our upsampling == the graph's
     assert model.decoder_calls == 1
+
+
+def test_points_decoder_serves_prompts_without_a_mask_and_old_models_still_run(tiny_export):
+    """Prompt sets without a mask input go to the points decoder, with the same outputs;
+    a model exported before it existed (no ``decoder_points`` graph) decodes as before."""
+    manifest = read_manifest(tiny_export)
+    model = SamModel(tiny_export, manifest)
+    old_manifest = dict(manifest, graphs=dict(manifest["graphs"]))
+    del old_manifest["graphs"]["decoder_points"]
+    old = SamModel(tiny_export, old_manifest)
+    rng = np.random.default_rng(3)
+    emb = model.encode(rng.integers(0, 256, (1, 3, 1024, 1024), dtype=np.uint8))
+    coords = rng.uniform(0, 1024, (5, 2, 2)).astype(np.float32)
+    labels = np.tile(np.array([[1.0, -1.0]], np.float32), (5, 1))
+    calls: list[str] = []
+    for name in ("_decoder_lowres", "_decoder_points"):
+        session = getattr(model, name)
+
+        class Spy:
+            def run(self, out, feeds, _s=session, _n=name):
+                calls.append(_n)
+                return _s.run(out, feeds)
+
+        setattr(model, name, Spy())
+    new, before = model.decode(emb, coords, labels), old.decode(emb, coords, labels)
+    assert calls == ["_decoder_points"]
+    np.testing.assert_allclose(new.low_res_logits, before.low_res_logits, atol=1e-5)
+    np.testing.assert_allclose(new.iou_predictions, before.iou_predictions, atol=1e-6)
+    mask_input = rng.normal(0, 4, (5, 1, 256, 256)).astype(np.float32)
+    refined = model.decode(emb, coords, labels, mask_input=mask_input)
+    assert calls == ["_decoder_points", "_decoder_lowres"]  # a mask input: the full graph
+    np.testing.assert_allclose(
+        refined.low_res_logits,
+        old.decode(emb, coords, labels, mask_input=mask_input).low_res_logits,
+        atol=1e-5,
+    )
