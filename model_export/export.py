@@ -8,7 +8,7 @@ The exported directory holds everything a runtime needs and nothing else::
     encoder.onnx [+ encoder.onnx.data]    uint8 chips -> image embeddings
     decoder.onnx                          prompts -> chip-resolution + low-res logits, IoUs
     decoder_lowres.onnx                   prompts -> low-res logits, IoUs (mask refinement)
-    decoder_points.onnx                   the same without mask inputs, ~1.5x faster
+    decoder_points.onnx                   the same without mask inputs, ~1.3x faster
                                           (automatic mode, first clicks)
     encoder_fp16.onnx [+ .data]           optional, for GPUs (LayerNorm kept in fp32)
     encoder_int8.onnx                     optional, for CPUs (model_export.quantize), kept

@@ -163,7 +163,7 @@ class DecoderGraph(nn.Module):
 
 
 class PointsDecoderGraph(DecoderGraph):
-    """:class:`DecoderGraph` (low-res) for prompt sets without a mask input, ~1.5x faster.
+    """:class:`DecoderGraph` (low-res) for prompt sets without a mask input, ~1.3x faster.
 
     SAM's ``predict_masks`` copies the image embedding once per prompt set and adds the
     dense (mask) prompt to each copy; the decoder's first layer then projects all those

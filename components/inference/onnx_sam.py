@@ -138,7 +138,7 @@ class SamModel:
             session = self._decoder
         elif has_mask.any():
             session = self._decoder_lowres
-        else:  # no mask input: the points decoder (shares the image side, ~1.5x faster)
+        else:  # no mask input: the points decoder (shares the image side, ~1.3x faster)
             session = self._decoder_points
             feeds = {k: feeds[k] for k in self._points_inputs}
         outputs = self._run_bound(session, feeds) if self.io_binding else session.run(None, feeds)
