@@ -225,7 +225,12 @@ def _int8_encoder(
     """
     from model_export.onnx_models import encoder_contract
 
-    chips = calibration_chips(arch.image_size, options.parity_seed, options.calibration)
+    chips = calibration_chips(
+        arch.image_size,
+        options.parity_seed,
+        options.calibration,
+        bands=options.calibration_bands,
+    )
     seconds = quantize_encoder(work / ENCODER_FILE, work / ENCODER_INT8_FILE, chips)
     graphs["encoder_int8"] = {"file": ENCODER_INT8_FILE, **encoder_contract(arch)}
     seeded = f"seeded mosaics, seed {options.parity_seed}"
@@ -270,6 +275,9 @@ class ExportOptions:
     """Also make an int8 encoder (for CPUs without bf16), kept when it agrees with fp32."""
     calibration: tuple[Path, ...] = ()
     """Scene rasters whose chips calibrate the int8 encoder; none: seeded mosaics."""
+    calibration_bands: tuple[int, ...] | None = None
+    """1-based red, green, blue bands of the calibration rasters; none: from their
+    band descriptions."""
     force_external_data: bool = False
     """Store weights as ONNX external data even under 2 GB (vit_h always does)."""
     parity_seed: int = 0

@@ -63,10 +63,13 @@ def mosaic_chip(size: int, rng: np.random.Generator) -> NDArray[np.uint8]:
     return np.clip(out, 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
 
-def raster_chips(path: Path, size: int, limit: int) -> Iterator[NDArray[np.uint8]]:
+def raster_chips(
+    path: Path, size: int, limit: int, bands: Sequence[int] | None = None
+) -> Iterator[NDArray[np.uint8]]:
     """Up to ``limit`` ``(3, size, size)`` chips of a scene raster with data.
 
-    Read as ``segment-raster`` reads them (default bands, percentile stretch).
+    Read as ``segment-raster`` reads them (``bands``: 1-based red, green, blue; default:
+    from the band descriptions; percentile stretch).
 
     Raises:
         InputError: The raster cannot be read as a scene.
@@ -74,7 +77,7 @@ def raster_chips(path: Path, size: int, limit: int) -> Iterator[NDArray[np.uint8
     from components.core.chips import chip_grid
     from components.io.raster import iter_chips, open_scene, scene_scaling
 
-    scene = open_scene(path)
+    scene = open_scene(path, band_indexes=bands)
     grid = chip_grid(scene.height, scene.width, size, 0.0)
     taken = 0
     for image in iter_chips(scene, grid.chips, scene_scaling(scene)):
@@ -86,7 +89,11 @@ def raster_chips(path: Path, size: int, limit: int) -> Iterator[NDArray[np.uint8
 
 
 def calibration_chips(
-    size: int, seed: int, rasters: Sequence[Path] = (), limit: int = CALIBRATION_CHIPS
+    size: int,
+    seed: int,
+    rasters: Sequence[Path] = (),
+    limit: int = CALIBRATION_CHIPS,
+    bands: Sequence[int] | None = None,
 ) -> list[NDArray[np.uint8]]:
     """The calibration chips: those of ``rasters`` in turn, else seeded mosaics.
 
@@ -95,7 +102,7 @@ def calibration_chips(
     """
     chips: list[NDArray[np.uint8]] = []
     for path in rasters:
-        chips.extend(raster_chips(Path(path), size, limit - len(chips)))
+        chips.extend(raster_chips(Path(path), size, limit - len(chips), bands))
     if rasters and not chips:
         raise InputError(f"calibration rasters {[str(p) for p in rasters]} hold no valid pixel")
     if not chips:

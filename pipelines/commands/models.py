@@ -50,6 +50,13 @@ def register(subparsers: Any) -> None:
         "the model's; default: seeded field-like mosaics)",
     )
     export.add_argument(
+        "--calibration-bands",
+        type=_band_indexes,
+        metavar="R,G,B",
+        help="1-based red, green, blue band indexes of the --calibration rasters (default: "
+        "from their band descriptions)",
+    )
+    export.add_argument(
         "--alias",
         help="alias to point at the new version (default: champion; random weights get an "
         "alias only when it is named here)",
@@ -69,6 +76,17 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(handler=_list)
 
 
+def _band_indexes(text: str) -> tuple[int, ...]:
+    """``4,3,2`` -> ``(4, 3, 2)``: three 1-based band indexes."""
+    try:
+        bands = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        bands = ()
+    if len(bands) != 3 or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"expected three 1-based band indexes R,G,B, got {text!r}")
+    return bands
+
+
 def _export(args: argparse.Namespace) -> int:
     from model_export.architectures import get_architecture
     from model_export.export import ExportOptions
@@ -82,6 +100,8 @@ def _export(args: argparse.Namespace) -> int:
         raise InputError("--random-weights needs --seed N so the weights are reproducible")
     if args.calibration and not args.int8:
         raise InputError("--calibration only applies with --int8")
+    if args.calibration_bands and not args.calibration:
+        raise InputError("--calibration-bands only applies with --calibration")
     exported, registered = export_and_register(
         args.model_type,
         WeightsSource(args.checkpoint, args.random_weights, args.seed),
@@ -89,6 +109,7 @@ def _export(args: argparse.Namespace) -> int:
             fp16=args.fp16,
             int8=args.int8,
             calibration=tuple(args.calibration),
+            calibration_bands=args.calibration_bands,
             force_external_data=args.external_data,
         ),
         alias=args.alias,

@@ -98,6 +98,11 @@ def test_export_then_list_on_a_fresh_install(fresh_env, tmp_path):
         (["--model-type", "vit_tiny", "--seed", "1"], "--seed only applies"),
         (["--model-type", "vit_tiny", "--calibration", "a.tif"], "--calibration only applies"),
         (
+            ["--model-type", "vit_tiny", "--int8", "--calibration-bands", "4,3,2"],
+            "--calibration-bands only applies with --calibration",
+        ),
+        (["--model-type", "vit_tiny", "--calibration-bands", "4,3"], "three 1-based band"),
+        (
             [
                 "--model-type",
                 "vit_tiny",
