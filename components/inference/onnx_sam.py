@@ -60,8 +60,12 @@ class SamModel:
         self._decoder_lowres = self.engine.open(directory / graphs["decoder_lowres"]["file"])
         # models exported before the points decoder existed run everything on lowres
         points = graphs.get("decoder_points", graphs["decoder_lowres"])
-        self._decoder_points = self.engine.open(directory / points["file"])
         self._points_inputs = tuple(points["inputs"])
+        self._decoder_points = (
+            self.engine.open(directory / points["file"])
+            if "decoder_points" in graphs
+            else self._decoder_lowres
+        )
         self._upscale = self.engine.open(directory / graphs["upscale"]["file"])
         self.provider = f"{self.engine.device} {self.precision}"
         self.io_binding = self.engine.on_gpu
