@@ -269,3 +269,24 @@ def test_an_int8_encoder_that_misses_the_bar_is_not_shipped(tmp_path, monkeypatc
     resolved = ResolvedModel("sam-x", "1", "models:/sam-x/1", out, manifest)
     with pytest.raises(InputError, match="int8 masks agree with fp32 at mean IoU"):
         load_model(resolved, Engine("onnxruntime", "int8"))
+
+
+def test_int8_from_an_encoder_stored_with_external_data(tmp_path):
+    """vit_h's encoder is stored with external data (over 2 GB): quantising reads it too."""
+    from model_export.export import ExportOptions, run_export
+    from model_export.weights import WeightsSource
+
+    out = tmp_path / "model"
+    options = ExportOptions(int8=True, force_external_data=True)
+    run_export("vit_tiny", out, WeightsSource(random_weights=True, seed=0), options)
+    assert (out / "encoder.onnx.data").is_file()
+    manifest = read_manifest(out)
+    figures = manifest["precisions"]["int8"]
+    assert figures["masks_compared"] == 2 * 64
+    if figures["accepted"]:  # random weights: whether int8 agrees is measured, not known
+        int8 = SamModel(out, manifest, engine=choose_engine("onnxruntime", "int8"))
+        fp32 = SamModel(out, manifest, engine=choose_engine("onnxruntime", "fp32"))
+        chip = parity_images(1024, 5)[1][None]
+        assert 2.0**-12 < relative_rms_error(fp32.encode(chip), int8.encode(chip)) < 2.0**-2
+    else:
+        assert "encoder_int8" not in manifest["graphs"]
