@@ -234,11 +234,10 @@ class ExecutionParams:
     )
     precision: str = _doc(
         "auto",
-        "Image encoder precision: fp32, bf16 (openvino on a CPU with AVX-512 BF16 or "
-        "AMX), int8 (CPU, models exported with int8: for CPUs without bf16), fp16 "
-        "(GPU, models exported with fp16) or auto (fp16 on a GPU when the model has "
-        "it, else fp32). bf16 and int8 run only where export measured their masks "
-        "agreeing with fp32's.",
+        "Image encoder precision: fp32, bf16 (openvino, CPUs with AVX-512 BF16 or AMX), "
+        "int8 (CPUs without bf16; models exported with int8), fp16 (GPU; models exported "
+        "with fp16) or auto (fp16 on a GPU if the model has it, else fp32). bf16 and "
+        "int8 run only where export measured their masks agreeing with fp32's.",
     )
 
     def __post_init__(self) -> None:

@@ -34,6 +34,29 @@ def register(subparsers: Any) -> None:
     )
     export.add_argument("--seed", type=int, help="seed for --random-weights")
     export.add_argument("--fp16", action="store_true", help="also export an fp16 encoder (GPUs)")
+    _add_int8_arguments(export)
+    export.add_argument(
+        "--alias",
+        help="alias to point at the new version (default: champion; random weights get an "
+        "alias only when it is named here)",
+    )
+    export.add_argument("--model-name", help="registered model name (default: sam-<model-type>)")
+    export.add_argument("--output-dir", type=Path, help="also keep the exported files here")
+    export.add_argument(
+        "--external-data",
+        action="store_true",
+        help="store weights as ONNX external data even under 2 GB (vit_h always does)",
+    )
+    export.set_defaults(handler=_export)
+
+    models = subparsers.add_parser("models", help="registered SAM models")
+    models_sub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    listing = models_sub.add_parser("list", help="list registered SAM models and versions")
+    listing.set_defaults(handler=_list)
+
+
+def _add_int8_arguments(export: argparse.ArgumentParser) -> None:
+    """``--int8`` and its calibration options."""
     export.add_argument(
         "--int8",
         action="store_true",
@@ -56,24 +79,6 @@ def register(subparsers: Any) -> None:
         help="1-based red, green, blue band indexes of the --calibration rasters (default: "
         "from their band descriptions)",
     )
-    export.add_argument(
-        "--alias",
-        help="alias to point at the new version (default: champion; random weights get an "
-        "alias only when it is named here)",
-    )
-    export.add_argument("--model-name", help="registered model name (default: sam-<model-type>)")
-    export.add_argument("--output-dir", type=Path, help="also keep the exported files here")
-    export.add_argument(
-        "--external-data",
-        action="store_true",
-        help="store weights as ONNX external data even under 2 GB (vit_h always does)",
-    )
-    export.set_defaults(handler=_export)
-
-    models = subparsers.add_parser("models", help="registered SAM models")
-    models_sub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
-    listing = models_sub.add_parser("list", help="list registered SAM models and versions")
-    listing.set_defaults(handler=_list)
 
 
 def _band_indexes(text: str) -> tuple[int, ...]:
