@@ -102,6 +102,8 @@ def calibration_chips(
     """
     chips: list[NDArray[np.uint8]] = []
     for path in rasters:
+        if len(chips) == limit:  # enough: later rasters are not even opened
+            break
         chips.extend(raster_chips(Path(path), size, limit - len(chips), bands))
     if rasters and not chips:
         raise InputError(f"calibration rasters {[str(p) for p in rasters]} hold no valid pixel")
