@@ -33,6 +33,7 @@ from components.core.radiometry import STRETCH_MODES, StretchMode
 from components.core.records import to_record
 from components.core.scene_choice import Strategy, check_selection_limits
 from components.core.search import DEFAULT_BANDS, parse_bands
+from components.core.seasons import DateWindow as DateWindow  # re-exported: the table's record
 from components.errors import InputError
 
 Mode = Literal["automatic", "prompted"]
@@ -290,22 +291,6 @@ class SegmentationSettings:
 
 
 @dataclass(frozen=True)
-class DateWindow:
-    """The dates searched: ``start_date``/``end_date``, or ``lookback_days`` before a time."""
-
-    start_date: str = _doc("", "First day to search (YYYY-MM-DD); with end_date.")
-    end_date: str = _doc("", "Last day to search (YYYY-MM-DD), included.")
-    lookback_days: int = _doc(
-        0,
-        "Instead of dates: search this many days before the run's (scheduled) time. "
-        "For recurring runs.",
-    )
-    reference_time: str = _doc(
-        "", "End of the lookback window (ISO time); empty: the run's scheduled time, or now."
-    )
-
-
-@dataclass(frozen=True)
 class PipelineRequest:
     """A segmentation pipeline's request, checked: what every step after the check reads."""
 
@@ -356,7 +341,7 @@ FIELD_PREFIX = "field_"
 the Kubeflow UI, "min_area_m2" alone would not say of what."""
 
 _RECORDS: tuple[tuple[type[Any], tuple[str, ...], str], ...] = (
-    (DateWindow, ("start_date", "end_date", "lookback_days", "reference_time"), ""),
+    (DateWindow, ("start_date", "end_date", "lookback_days", "reference_time", "windows"), ""),
     (PipelineRequest, ("model_type", "model_uri", "stac_url"), ""),
     (SegmentationSettings, ("spatial_overlap", "mask_nms_thr", "upsample"), ""),
     (SearchParams, ("max_cloud_cover", "max_scenes"), ""),

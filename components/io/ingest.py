@@ -25,7 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +44,7 @@ from components.core.scene_choice import (
     NoSceneError,
     SkyStats,
     TileItem,
+    TooCloudyError,
     cover_area,
     group_acquisitions,
     rejection,
@@ -87,16 +88,24 @@ class IngestParams:
 
     area: Area
     time_range: TimeRange
+    """The whole span searched (of every window)."""
     search: SearchParams
     stac_url: str
     network: NetworkOptions
     pc_key: str | None = field(default=None, repr=False)
     """Planetary Computer subscription key; only ever sent to the SAS endpoint."""
+    windows: tuple[TimeRange, ...] = ()
+    """Seasons, sorted, each searched on its own (:mod:`components.core.seasons`);
+    empty: the one ``time_range``."""
+
+    def searches(self) -> list[IngestParams]:
+        """One set of parameters per window, each searching only its own dates."""
+        return [replace(self, time_range=w, windows=()) for w in self.windows or (self.time_range,)]
 
 
 def ingest_params(
     geometry: str | os.PathLike[str] | Mapping[str, Any],
-    time_range: TimeRange,
+    time_range: TimeRange | Sequence[TimeRange],
     search: SearchParams | None = None,
     *,
     stac_url: str | None = None,
@@ -110,7 +119,9 @@ def ingest_params(
             FeatureCollection), or a path to a GeoJSON file (a ``Path``, or a string
             that does not start with ``{``).
         time_range: The dates searched
-            (:func:`~components.core.scene_choice.resolve_time_range`).
+            (:func:`~components.core.search.resolve_time_range`), or several
+            windows (:func:`~components.core.seasons.resolve_windows`): the clearest
+            acquisitions of each are kept.
         search: What is searched and kept; default :class:`SearchParams`'s defaults.
         stac_url: STAC API; default ``$S2SAM_STAC_URL``, else the Planetary Computer.
         pc_key: Planetary Computer subscription key; default
@@ -131,9 +142,13 @@ def ingest_params(
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InputError(f"stac_url must be an http(s) URL, got {url!r}")
+    windows = (time_range,) if isinstance(time_range, TimeRange) else tuple(time_range)
+    if not windows:
+        raise InputError("no time range: give dates, a lookback or windows")
     return IngestParams(
         area=area,
-        time_range=time_range,
+        time_range=TimeRange(windows[0].start, windows[-1].end),
+        windows=windows if len(windows) > 1 else (),
         search=search,
         stac_url=url.rstrip("/"),
         network=network or NetworkOptions(),
@@ -172,6 +187,10 @@ def ingest_s2(
             created when the first file is written.
         progress: Called as ``(stage, done, total)`` while screening and reading.
 
+    With several date windows (seasons), each is searched and screened on its own
+    and its clearest acquisitions are kept (``max_scenes`` per window), all on one
+    grid; a window with nothing usable fails the ingest, naming its dates.
+
     Returns:
         The manifest path, the output grid and one record per written scene.
 
@@ -186,40 +205,66 @@ def ingest_s2(
         raise InputError(f"output_dir {str(out)!r} exists and is not a folder")
     report = progress or (lambda stage, done, total: None)
 
+    grid = area_grid(params.area, OUTPUT_RESOLUTION, params.search.margin_m)
+    screened: list[Candidate] = []
+    chosen: list[tuple[int, Candidate]] = []
+    for window, search in enumerate(params.searches()):
+        candidates, selected = choose_acquisitions(search, grid, report)
+        screened += candidates
+        chosen += [(window, c) for c in selected]
+    return write_scenes(params, grid, screened, chosen, out, report)
+
+
+def choose_acquisitions(
+    params: IngestParams, grid: Grid, report: ProgressCallback
+) -> tuple[list[Candidate], list[Candidate]]:
+    """Search one window, screen its acquisitions' sky over the area, keep the clearest.
+
+    Returns:
+        Every acquisition screened, and those selected.
+
+    Raises:
+        NoSceneError, TooCloudyError: Nothing usable in this window (the message
+            repeats its search).
+    """
     items = search_items(params)
     if not items:
         raise NoSceneError(f"no scene found: {describe_search(params)}")
     acquisitions = group_acquisitions(items)
     logger.info("%d items in %d acquisitions", len(items), len(acquisitions))
-    grid = area_grid(params.area, OUTPUT_RESOLUTION, params.search.margin_m)
     candidates = screen_acquisitions(params, acquisitions, grid.epsg, report)
     if not any(c.cover.tiles for c in candidates):
         raise NoSceneError(
             f"no scene found: {len(items)} items match the search but none overlaps the "
             f"area itself ({describe_search(params)})"
         )
-    selection = select_scenes(
-        candidates,
-        params.search.strategy,
-        params.search.max_scenes,
-        params.search.max_roi_cloud_fraction,
-        params.search.max_roi_nodata_fraction,
-    )
+    try:
+        selection = select_scenes(
+            candidates,
+            params.search.strategy,
+            params.search.max_scenes,
+            params.search.max_roi_cloud_fraction,
+            params.search.max_roi_nodata_fraction,
+        )
+    except TooCloudyError as err:
+        raise TooCloudyError(f"{err} (dates {params.time_range.to_stac()})") from None
     for candidate, reason in selection.rejected:
         logger.info("skipping %s: %s", candidate.acquisition.key, reason)
-
-    return write_scenes(params, grid, candidates, selection.selected, out, report)
+    return candidates, list(selection.selected)
 
 
 def write_scenes(
     params: IngestParams,
     grid: Grid,
     candidates: Sequence[Candidate],
-    selected: Sequence[Candidate],
+    selected: Sequence[tuple[int, Candidate]],
     out: Path,
     report: ProgressCallback,
 ) -> IngestResult:
-    """Write each selected acquisition as a COG, then the manifest (last: it lists them)."""
+    """Write each selected acquisition as a COG, then the manifest (last: it lists them).
+
+    ``selected`` pairs each acquisition with the index of the window it was chosen in.
+    """
     out.mkdir(parents=True, exist_ok=True)
     start_new_set(out)
     total_steps = len(selected) * len(params.search.bands) * n_strips(grid)
@@ -230,9 +275,10 @@ def write_scenes(
         report("read", done[0], total_steps)
 
     records = tuple(
-        write_scene(out / f"{c.acquisition.key}.tif", c, grid, params, step) for c in selected
+        replace(write_scene(out / f"{c.acquisition.key}.tif", c, grid, params, step), window=w)
+        for w, c in selected
     )
-    manifest = build_manifest(params, grid, records, candidates, {id(c) for c in selected})
+    manifest = build_manifest(params, grid, records, candidates, {id(c) for _, c in selected})
     manifest_path = out / MANIFEST_NAME
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return IngestResult(manifest_path, grid, params.search.bands, records)

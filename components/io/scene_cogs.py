@@ -56,6 +56,8 @@ class SceneRecord:
     boa_add_offset: int
     cloud_fraction: float
     nodata_fraction: float
+    window: int = 0
+    """Index of the date window (season) it was chosen in: 0 without windows."""
 
 
 COG_OPTIONS = {
@@ -219,6 +221,7 @@ def build_manifest(
             "collection": search.collection,
             "bbox": list(params.area.bbox),
             "datetime": params.time_range.to_stac(),
+            "windows": [w.to_stac() for w in params.windows or (params.time_range,)],
             "max_cloud_cover": search.max_cloud_cover,
         },
         "selection": {
@@ -255,6 +258,7 @@ def _scene_entry(record: SceneRecord) -> dict[str, Any]:
         "boa_add_offset": record.boa_add_offset,
         "cloud_fraction": record.cloud_fraction,
         "nodata_fraction": record.nodata_fraction,
+        "window": record.window,
     }
 
 

@@ -16,10 +16,11 @@ from components.core.params import Mode, PipelineRequest
 from components.core.prompt_geojson import parse_prompts
 from components.core.records import to_json
 from components.core.search import TimeRange
+from components.core.seasons import describe_windows
 from components.errors import InputError
 from components.io.ingest import ingest_params
 from components.io.registry import parse_model_uri
-from components.steps.request import request_from_parameters, time_range_of
+from components.steps.request import request_from_parameters, windows_of
 
 
 def check_request(
@@ -33,9 +34,9 @@ def check_request(
     Raises:
         InputError: The first bad input, named.
     """
-    time_range: TimeRange = time_range_of(request.dates, schedule_time, now)
+    windows: tuple[TimeRange, ...] = windows_of(request.dates, schedule_time, now)
     params = ingest_params(
-        request.geometry, time_range, request.search, stac_url=request.stac_url or None
+        request.geometry, windows, request.search, stac_url=request.stac_url or None
     )
     prompt_ids: list[str] = []
     if request.settings.mode == "prompted":
@@ -51,7 +52,7 @@ def check_request(
     return {
         "mode": request.settings.mode,
         "area_km2": round(params.area.area_km2, 3),
-        "time_range": time_range.to_stac(),
+        "time_range": describe_windows(windows),
         "prompt_ids": prompt_ids,
     }
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from components.core.params import PipelineRequest
 from components.io.ingest import IngestResult, ProgressCallback, ingest_params, ingest_s2
 from components.io.network import NetworkOptions
-from components.steps.request import time_range_of
+from components.steps.request import windows_of
 
 
 def ingest_request(
@@ -26,7 +26,7 @@ def ingest_request(
     """
     params = ingest_params(
         request.geometry,
-        time_range_of(request.dates, schedule_time),
+        windows_of(request.dates, schedule_time),
         request.search,
         stac_url=request.stac_url or None,
         network=network,

@@ -32,6 +32,8 @@ class SceneSource:
     root: Path
     """The folder the raster is in: each task sees the scenes under its own path."""
     file: str
+    window: int = 0
+    """The date window (season) it was chosen in; scenes of several windows are fused."""
 
     @property
     def path(self) -> Path:
@@ -52,6 +54,8 @@ class ScenePlan:
     fingerprint: str
     """sha256 of the scene file: the content part of embedding cache keys."""
     chips: tuple[int, ...]
+    window: int = 0
+    """The date window (season) it was chosen in."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,9 @@ class ShardPlan:
 def scenes_of(scenes_dir: Path) -> list[SceneSource]:
     """The scenes an ingest wrote, in the order of its manifest."""
     return [
-        SceneSource(record["acquisition"], Path(scenes_dir), record["file"])
+        SceneSource(
+            record["acquisition"], Path(scenes_dir), record["file"], record.get("window", 0)
+        )
         for record in read_manifest(scenes_dir)
     ]
 
@@ -128,6 +134,7 @@ def plan_scene(
         scaling=scaling,
         fingerprint=scene_fingerprint(scene.path),
         chips=tuple(c.index for c in strategy.chips(grid)),
+        window=source.window,
     )
 
 

@@ -30,7 +30,8 @@ from components.core.params import (
     SegmentationSettings,
     text_list,
 )
-from components.core.search import TimeRange, parse_bands, resolve_time_range
+from components.core.search import TimeRange, parse_bands
+from components.core.seasons import resolve_windows
 
 
 def request_from_parameters(mode: Mode, values: Mapping[str, Any]) -> PipelineRequest:
@@ -74,6 +75,7 @@ def request_from_parameters(mode: Mode, values: Mapping[str, Any]) -> PipelineRe
             end_date=v["end_date"],
             lookback_days=v["lookback_days"],
             reference_time=v["reference_time"],
+            windows=v["windows"],
         ),
         search=SearchParams(
             bands=bands, max_cloud_cover=v["max_cloud_cover"], max_scenes=v["max_scenes"]
@@ -91,22 +93,17 @@ def kfp_time(value: str) -> str | None:
     return None if not value or value.startswith("{{") else value
 
 
-def time_range_of(
+def windows_of(
     dates: DateWindow, schedule_time: str = "", now: datetime | None = None
-) -> TimeRange:
-    """The dates searched: explicit dates, or a lookback ending at the reference time.
+) -> tuple[TimeRange, ...]:
+    """The intervals searched: the windows, or explicit dates, or a lookback.
 
-    The reference time of a lookback is the user's, else the run's scheduled time (so
-    a recurring run's window ends at its own scheduled time, and a retry takes the
-    same window), else now. Explicit dates ignore the scheduled time.
+    A lookback and relative windows end at the user's reference time, else at the
+    run's scheduled time (so a recurring run's window ends at its own scheduled time,
+    and a retry takes the same window), else now. Explicit dates ignore the scheduled
+    time.
     """
     reference = kfp_time(dates.reference_time)
-    if reference is None and dates.lookback_days:
+    if reference is None and dates.relative:
         reference = kfp_time(schedule_time)
-    return resolve_time_range(
-        dates.start_date or None,
-        dates.end_date or None,
-        dates.lookback_days or None,
-        reference,
-        now,
-    )
+    return resolve_windows(dates, reference, now)

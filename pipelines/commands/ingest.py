@@ -21,7 +21,7 @@ from components.core.params import RESAMPLINGS, DateWindow, PipelineRequest, Sea
 from components.core.scene_choice import STRATEGIES
 from components.core.search import DEFAULT_BANDS
 from components.io.network import NetworkOptions
-from pipelines.commands.options import add_field
+from pipelines.commands.options import add_field, add_window_option, windows_text
 
 SEARCH_OPTIONS = (
     "bands", "max_cloud_cover", "max_roi_cloud_fraction", "max_roi_nodata_fraction",
@@ -48,9 +48,12 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="GeoJSON area in lon/lat: Polygon, MultiPolygon, Feature or FeatureCollection",
     )
-    when = parser.add_argument_group("time range: --start-date and --end-date, or --lookback-days")
+    when = parser.add_argument_group(
+        "time range: --start-date and --end-date, or --lookback-days, or --window (repeated)"
+    )
     for name in ("start_date", "end_date", "lookback_days", "reference_time"):
         add_field(when, DateWindow, name)
+    add_window_option(when)
     choice = parser.add_argument_group("scene choice")
     add_field(choice, SearchParams, "bands", type=str, default=",".join(DEFAULT_BANDS))
     for name in ("max_cloud_cover", "max_roi_cloud_fraction", "max_roi_nodata_fraction"):
@@ -106,17 +109,19 @@ class _ProgressBars:
 def run(args: argparse.Namespace) -> int:
     """Run the ingest; print one line per scene written, then the manifest's path."""
     from components.io.ingest import ingest_params, ingest_s2
-    from components.steps.request import time_range_of
+    from components.steps.request import windows_of
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    dates = DateWindow(args.start_date, args.end_date, args.lookback_days, args.reference_time)
+    dates = DateWindow(
+        args.start_date, args.end_date, args.lookback_days, args.reference_time, windows_text(args)
+    )
     search = SearchParams(**{name: getattr(args, name) for name in SEARCH_OPTIONS})
     params = ingest_params(
         Path(args.geometry),
-        time_range_of(dates),
+        windows_of(dates),
         search,
         stac_url=args.stac_url or None,
         network=NetworkOptions(timeout_s=args.timeout_s, retries=args.retries),

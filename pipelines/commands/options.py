@@ -93,3 +93,21 @@ def add_pipeline_parameter(group: Any, name: str, flag: str | None = None, **opt
         help=_help(parameter.doc, default),
         **options,
     )
+
+
+def add_window_option(group: Any) -> None:
+    """``--window START/END``, once per season (the ``windows`` parameter, as a list)."""
+    doc = PIPELINE_PARAMETERS["windows"].doc
+    group.add_argument(
+        "--window",
+        dest="window_list",
+        action="append",
+        default=[],
+        metavar="START/END",
+        help=f"{doc.replace('%', '%%')} Give --window once per window.",
+    )
+
+
+def windows_text(args: argparse.Namespace) -> str:
+    """The ``windows`` parameter from the ``--window`` options."""
+    return ",".join(args.window_list)

@@ -14,7 +14,7 @@ from typing import Any
 from components.core.params import BACKENDS, LOCAL_CHIP_SHARDS, PRECISIONS, Mode
 from components.errors import InputError, ServiceError
 from components.io.stac import DEFAULT_STAC_URL, STAC_URL_ENV
-from pipelines.commands.options import add_pipeline_parameter
+from pipelines.commands.options import add_pipeline_parameter, add_window_option, windows_text
 from pipelines.commands.segment import add_amg_arguments
 
 NAMES = {"segment-s2": "segment_s2", "auto-segment-s2": "auto_segment_s2"}
@@ -79,6 +79,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--prompts", type=Path, help="prompt GeoJSON file (segment-s2)")
     for name, options in RUN_PARAMETERS.items():
         add_pipeline_parameter(run, name, **options)
+    add_window_option(run)
     run.add_argument(
         "--ensure-model",
         action="store_true",
@@ -140,6 +141,7 @@ def pipeline_values(args: argparse.Namespace, name: str) -> dict[str, Any]:
     taken = signature(DEFINITIONS[name].function).parameters
     values = {k: v for k, v in vars(args).items() if k in taken}
     values["geometry"] = _read(args.geometry, "geometry")
+    values["windows"] = windows_text(args)
     if "prompts" in taken:
         values["prompts"] = _read(args.prompts, "prompts")
     elif args.prompts is not None:

@@ -26,6 +26,7 @@ from components.core.scene_choice import (
     group_acquisitions,
 )
 from components.core.search import resolve_time_range
+from components.core.seasons import DateWindow, resolve_windows
 from components.errors import ServiceError
 from components.io.ingest import ingest_params, ingest_s2
 from components.io.network import NetworkOptions, redact
@@ -287,6 +288,52 @@ def test_least_cloudy_latest_and_all(stac, tmp_path):
 def test_lookback_from_a_reference_time(stac, tmp_path):
     result = ingest(stac, tmp_path, roi("single"), lookback_days=5, reference_time="2023-05-03")
     assert keys(result) == ["S2B_20230502_R022"]
+
+
+def ingest_windows(stac, out: Path, area, windows: str, **kwargs):
+    """Ingest over date windows (seasons), as the pipelines resolve them."""
+    ranges = resolve_windows(DateWindow(windows=windows), kwargs.pop("reference_time", None))
+    params = ingest_params(
+        json.dumps(area), ranges, SearchParams(**kwargs), stac_url=stac.url, network=NET
+    )
+    return ingest_s2(params, out)
+
+
+def test_each_window_gets_its_clearest_acquisition_on_one_grid(stac, tmp_path):
+    # Across all of May the two clear dates are D1 and D4; one window each picks both,
+    # and the cloudy D2 next to D1 loses within the first window.
+    result = ingest_windows(
+        stac, tmp_path, roi("single"), "2023-05-14/2023-05-31 2023-05-01/2023-05-07",
+        max_cloud_cover=100,
+    )  # fmt: skip
+    assert keys(result) == ["S2B_20230502_R022", "S2A_20230515_R122"]
+    assert [s.window for s in result.scenes] == [0, 1]  # windows sorted by start
+    manifest = json.loads(result.manifest_path.read_text())
+    assert [s["window"] for s in manifest["scenes"]] == [0, 1]
+    assert manifest["search"]["windows"] == [
+        "2023-05-01T00:00:00Z/2023-05-07T23:59:59.999999Z",
+        "2023-05-14T00:00:00Z/2023-05-31T23:59:59.999999Z",
+    ]
+    grids = {read(s.path)[1]["transform"] for s in result.scenes}
+    assert len(grids) == 1
+
+
+def test_relative_windows_count_back_from_the_reference_time(stac, tmp_path):
+    result = ingest_windows(
+        stac, tmp_path, roi("single"), "-21d/-19d,-8d/-7d", reference_time="2023-05-22",
+        max_cloud_cover=100,
+    )  # fmt: skip
+    assert keys(result) == ["S2B_20230502_R022", "S2A_20230515_R122"]
+
+
+def test_a_window_without_a_usable_scene_fails_naming_its_dates(stac, tmp_path):
+    with pytest.raises(TooCloudyError) as err:
+        ingest_windows(
+            stac, tmp_path / "out", roi("single"), "2023-05-01/2023-05-03,2023-05-05/2023-05-05",
+            max_cloud_cover=100,
+        )  # fmt: skip
+    assert "S2A_20230505_R122" in str(err.value)
+    assert leftovers(tmp_path / "out") == []
 
 
 def test_mixed_baselines_are_harmonised_and_stale_duplicates_dropped(stac, tmp_path):
