@@ -23,13 +23,29 @@ Recipe, all from ``numpy.random.default_rng(seed)``:
 
 ``difficulty`` in ``[0, 1]`` scales the noise, stripe contrast and low-frequency
 variation up and the margin width down (1 is the standard scene that tests use).
+
+Two dates (:func:`make_two_dates`, issue 18: an edge shows in one season and not in
+another): steps 1 and 2 as above from ``default_rng(seed)`` (the same labels as
+``make_scene``), then
+
+4. Pairs of adjacent fields that share at least ``parcel_size`` margin pixels, drawn
+   from ``default_rng([seed, 1])`` until ``pair_fraction`` of the fields are paired,
+   each field in one pair at most; pairs alternate between date 0 and date 1.
+5. Each date repeats step 3 with its pairs as one field: one crop, colour and row
+   pattern, and the margin between the two (label 0 between exactly those fields,
+   roads excepted) painted as the field, rows running on across it. Date 0 continues
+   ``default_rng(seed)``, date 1 draws from ``default_rng([seed, 2])``, so crops,
+   colours and noise change between the dates and a pair joined on one date is
+   coloured apart on the other like any neighbours. ``Scene.joined`` lists the parcel
+   pairs joined on that date; the labels still hold two parcels.
+
 Run as a script to write one scene as GeoTIFFs: ``python -m tests.data.fields.data``.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +81,8 @@ MARGIN_REFLECTANCE = (0.035, 0.065, 0.032, 0.26)
 ROAD_REFLECTANCE = (0.120, 0.110, 0.090, 0.15)
 MIN_FIELD_CONTRAST = 0.025
 """Smallest RGB reflectance distance between the colours of two adjacent fields."""
+PAIR_FRACTION = 0.5
+"""Default share of fields that :func:`make_two_dates` joins to a neighbour on one date."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,12 @@ class Scene:
     transform: Affine
     crs: str
     processing_baseline: str = PROCESSING_BASELINE
+    date: int = 0
+    """Acquisition index: 0 for :func:`make_scene`, 0 or 1 for :func:`make_two_dates`."""
+    joined: tuple[tuple[int, int], ...] = ()
+    """Parcel label pairs ``(a, b)``, ``a < b``, that look like one field on this date:
+    same crop, colour and crop rows, the margin between them sown across. The labels
+    still count them as two parcels. Empty for :func:`make_scene`."""
 
     @property
     def height(self) -> int:
@@ -150,13 +174,114 @@ def make_scene(
         pixel_size: Metres per pixel.
         crs: A projected CRS (default UTM 33N).
     """
+    _check_arguments(height, width, difficulty, parcel_size)
+    rng = np.random.default_rng(seed)
+    layout = _layout(rng, height, width, parcel_size, difficulty, road_density, min_parcel_fraction)
+    field_of_pixel, labels, road = layout.field, layout.labels, layout.road
+    crop, colour = _field_colours(rng, layout.n_fields, layout.adjacent)
+    rows = _row_pattern(rng, crop, difficulty)
+    reflectance = _reflectance(
+        rng, field_of_pixel, labels, road, colour, rows, difficulty, parcel_size
+    )
+    field_crop = [CROP_NAMES[c] for c in crop]
+    return _scene(
+        seed, reflectance, labels, _describe_parcels(labels, field_of_pixel, field_crop),
+        Affine(pixel_size, 0.0, origin[0], 0.0, -pixel_size, origin[1]), crs,
+    )  # fmt: skip
+
+
+def make_two_dates(
+    seed: int,
+    height: int = 1024,
+    width: int = 1024,
+    *,
+    parcel_size: float = 160.0,
+    difficulty: float = 1.0,
+    road_density: float = 1.2,
+    min_parcel_fraction: float = 0.04,
+    pair_fraction: float = PAIR_FRACTION,
+    origin: tuple[float, float] = ORIGIN,
+    pixel_size: float = PIXEL_SIZE,
+    crs: str = CRS,
+) -> tuple[Scene, Scene]:
+    """The same parcels on two dates, some neighbours alike on one date only.
+
+    Both scenes have the layout of ``make_scene(seed, ...)`` (identical ``labels``,
+    transform and CRS; ``parcels`` differ only in ``crop``) and their own crops,
+    colours, crop rows and noise. Adjacent fields sharing a margin of at least
+    ``parcel_size`` pixels are paired at random until ``pair_fraction`` of the fields
+    (those with a parcel) are in a pair; pairs alternate between the dates. On its date
+    a pair is painted as one field (one crop, colour and row pattern, the margin between
+    the two sown across); on the other date the two are coloured apart like any
+    neighbours. ``Scene.joined`` lists the parcel pairs joined on each date.
+    ``pair_fraction=0`` makes the first date ``make_scene(seed, ...)`` itself.
+
+    Args:
+        seed: Seed of the layout and of date 0; date 1 and the pairs use their own
+            generators (``default_rng([seed, 2])``, ``default_rng([seed, 1])``).
+        height: Rows.
+        width: Columns.
+        parcel_size: As in :func:`make_scene`.
+        difficulty: As in :func:`make_scene`.
+        road_density: As in :func:`make_scene`.
+        min_parcel_fraction: As in :func:`make_scene`.
+        pair_fraction: Share of the fields, in ``[0, 1]``, that are joined to a
+            neighbour on one of the two dates.
+        origin: As in :func:`make_scene`.
+        pixel_size: As in :func:`make_scene`.
+        crs: As in :func:`make_scene`.
+    """
+    _check_arguments(height, width, difficulty, parcel_size)
+    if not 0.0 <= pair_fraction <= 1.0:
+        raise ValueError(f"pair_fraction must be in [0, 1], got {pair_fraction}")
+    rng = np.random.default_rng(seed)
+    layout = _layout(rng, height, width, parcel_size, difficulty, road_density, min_parcel_fraction)
+    pairs = _choose_pairs(np.random.default_rng([seed, 1]), layout, pair_fraction, parcel_size)
+    transform = Affine(pixel_size, 0.0, origin[0], 0.0, -pixel_size, origin[1])
+    scenes = []
+    for date, date_rng in enumerate((rng, np.random.default_rng([seed, 2]))):
+        joined = pairs[date::2]
+        reflectance, parcels = _paint_date(date_rng, layout, joined, difficulty, parcel_size)
+        scene = _scene(seed, reflectance, layout.labels, parcels, transform, crs)
+        joined_parcels = _joined_parcels(layout, joined)
+        scenes.append(replace(scene, date=date, joined=joined_parcels))
+    return scenes[0], scenes[1]
+
+
+def _check_arguments(height: int, width: int, difficulty: float, parcel_size: float) -> None:
     if height < 16 or width < 16:
         raise ValueError(f"scene must be at least 16 x 16 pixels, got {height} x {width}")
     if not 0.0 <= difficulty <= 1.0:
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
     if parcel_size < 16:
         raise ValueError(f"parcel_size must be at least 16 pixels, got {parcel_size}")
-    rng = np.random.default_rng(seed)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the parcels look like from above whatever grows on them (steps 1 and 2)."""
+
+    field: NDArray[np.int64]
+    """Field of each pixel (margins and roads included: the field whose cell they lie in)."""
+    across: NDArray[np.int64]
+    """Field across the nearest cell edge (the pixel's own field inside a merged field)."""
+    labels: NDArray[np.uint32]
+    road: NDArray[np.bool_]
+    adjacent: set[tuple[int, int]]
+    """Field pairs ``(a, b)``, ``a < b``, that share a cell edge."""
+    n_fields: int
+
+
+def _layout(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    parcel_size: float,
+    difficulty: float,
+    road_density: float,
+    min_parcel_fraction: float,
+) -> _Layout:
+    """Fields, margins, roads and parcels (recipe steps 1 and 2)."""
     seeds = _field_seeds(rng, height, width, parcel_size)
     cells, across, edge_distance, pairs = _voronoi(seeds, height, width)
     fields = _merge_cells(rng, len(seeds), pairs, probability=0.15)
@@ -169,26 +294,119 @@ def make_scene(
     road = _roads(rng, height, width, road_density)
     parcel_area = np.logical_not(edge | road)
     labels = _parcels(parcel_area, field_of_pixel, min_parcel_fraction * parcel_size**2)
-
     n_fields = int(fields.max()) + 1
-    crop, colour = _field_colours(rng, n_fields, adjacent)
-    reflectance = _reflectance(
-        rng, field_of_pixel, labels, road, colour, crop, difficulty, parcel_size
-    )
+    return _Layout(field_of_pixel, fields[across], labels, road, adjacent, n_fields)
+
+
+def _scene(
+    seed: int,
+    reflectance: NDArray[np.float32],
+    labels: NDArray[np.uint32],
+    parcels: tuple[Parcel, ...],
+    transform: Affine,
+    crs: str,
+) -> Scene:
+    """Reflectance -> L2A DNs -> the pipeline's RGB (the module docstring's first paragraph)."""
     dn = np.clip(np.rint(reflectance * QUANTIFICATION_VALUE) + BOA_OFFSET_DN, 1, 65535)
     dn = dn.astype(np.uint16)
     scaling = scene_rgb_scaling(dn[:3], PROCESSING_BASELINE)
     rgb, _ = to_rgb(dn[:3], scaling)
-    field_crop = [CROP_NAMES[c] for c in crop]
     return Scene(
-        seed=seed,
-        dn=dn,
-        rgb=rgb,
-        labels=labels,
-        parcels=_describe_parcels(labels, field_of_pixel, field_crop),
-        transform=Affine(pixel_size, 0.0, origin[0], 0.0, -pixel_size, origin[1]),
-        crs=crs,
+        seed=seed, dn=dn, rgb=rgb, labels=labels, parcels=parcels, transform=transform, crs=crs
     )
+
+
+def _choose_pairs(
+    rng: np.random.Generator, layout: _Layout, pair_fraction: float, min_shared: float
+) -> list[tuple[int, int]]:
+    """Random adjacent field pairs, each field in one pair at most, in a random order.
+
+    Candidates share at least ``min_shared`` margin pixels (a margin a few pixels wide
+    along a stretch of boundary, not a corner) and both have a parcel in the scene.
+    """
+    margin = (layout.labels == 0) & ~layout.road
+    own, other = layout.field[margin], layout.across[margin]
+    cross = own != other
+    n = layout.n_fields
+    codes = np.minimum(own, other)[cross] * n + np.maximum(own, other)[cross]
+    codes, counts = np.unique(codes, return_counts=True)
+    visible = np.zeros(n, dtype=bool)
+    visible[np.unique(layout.field[layout.labels > 0])] = True
+    candidates = [
+        (int(c) // n, int(c) % n)
+        for c in codes[counts >= min_shared]
+        if visible[c // n] and visible[c % n]
+    ]
+    wanted = round(pair_fraction * int(visible.sum()) / 2.0)
+    free = np.ones(n, dtype=bool)
+    out: list[tuple[int, int]] = []
+    for k in rng.permutation(len(candidates)).tolist():
+        a, b = candidates[k]
+        if len(out) < wanted and free[a] and free[b]:
+            out.append((a, b))
+            free[[a, b]] = False
+    return out
+
+
+def _paint_date(
+    rng: np.random.Generator,
+    layout: _Layout,
+    joined: list[tuple[int, int]],
+    difficulty: float,
+    parcel_size: float,
+) -> tuple[NDArray[np.float32], tuple[Parcel, ...]]:
+    """One date's reflectance and parcels: step 3 on fields with ``joined`` pairs as one."""
+    root = np.arange(layout.n_fields)
+    for a, b in joined:
+        root[b] = a
+    group = np.unique(root, return_inverse=True)[1].astype(np.int64)
+    adjacent = {
+        (min(ga, gb), max(ga, gb))
+        for ga, gb in (group[list(pair)].tolist() for pair in layout.adjacent)
+        if ga != gb
+    }
+    crop, colour = _field_colours(rng, int(group.max()) + 1, adjacent)
+    rows = _row_pattern(rng, crop, difficulty)
+    sown = _sown_margin(layout, joined) > 0
+    reflectance = _reflectance(
+        rng, group[layout.field], layout.labels, layout.road, colour, rows, difficulty,
+        parcel_size, sown,
+    )  # fmt: skip
+    field_crop = [CROP_NAMES[c] for c in crop[group]]
+    return reflectance, _describe_parcels(layout.labels, layout.field, field_crop)
+
+
+def _sown_margin(layout: _Layout, joined: list[tuple[int, int]]) -> NDArray[np.int64]:
+    """``k + 1`` on the margin between the fields of ``joined[k]`` (not roads), else 0."""
+    out = np.zeros(layout.labels.shape, dtype=np.int64)
+    if not joined:
+        return out
+    n = layout.n_fields
+    own, other = layout.field, layout.across
+    code = np.minimum(own, other) * n + np.maximum(own, other)
+    pair_codes = np.array([a * n + b for a, b in joined])
+    order = np.argsort(pair_codes)
+    at = np.clip(np.searchsorted(pair_codes[order], code), 0, len(joined) - 1)
+    hit = (pair_codes[order][at] == code) & (layout.labels == 0) & ~layout.road & (own != other)
+    out[hit] = order[at][hit] + 1
+    return out
+
+
+def _joined_parcels(layout: _Layout, joined: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Parcel pairs that a stretch of sown margin connects (roads cut a stretch in two)."""
+    sown = _sown_margin(layout, joined)
+    stretches, _ = ndimage.label(sown > 0, structure=np.ones((3, 3)))
+    out = set()
+    for k, box in enumerate(ndimage.find_objects(stretches), start=1):
+        rows = slice(max(box[0].start - 3, 0), box[0].stop + 3)
+        cols = slice(max(box[1].start - 3, 0), box[1].stop + 3)
+        near = ndimage.binary_dilation(stretches[rows, cols] == k, iterations=2)
+        near &= layout.labels[rows, cols] > 0
+        pair = joined[int(sown[rows, cols][stretches[rows, cols] == k][0]) - 1]
+        labels, fields = layout.labels[rows, cols][near], layout.field[rows, cols][near]
+        sides = [set(np.unique(labels[fields == f]).tolist()) for f in pair]
+        out |= {(min(p, q), max(p, q)) for p in sides[0] for q in sides[1]}
+    return tuple(sorted(out))
 
 
 def write_s2_geotiff(scene: Scene, path: str | Path) -> Path:
@@ -374,31 +592,45 @@ def _field_colours(
     return crop, colour
 
 
-def _reflectance(
-    rng: np.random.Generator,
-    field: NDArray[np.int64],
-    labels: NDArray[np.uint32],
-    road: NDArray[np.bool_],
-    colour: NDArray[np.float64],
-    crop: NDArray[np.int64],
-    difficulty: float,
-    parcel_size: float,
-) -> NDArray[np.float32]:
-    """``(4, H, W)`` surface reflectance: field colours, crop rows, margins, roads, noise."""
-    height, width = field.shape
-    n_fields = len(colour)
+def _row_pattern(
+    rng: np.random.Generator, crop: NDArray[np.int64], difficulty: float
+) -> tuple[NDArray[np.float64], ...]:
+    """Crop-row stripes of each field: ``(angle, period, phase, amplitude)``."""
+    n_fields = len(crop)
     angle = rng.uniform(0.0, np.pi, n_fields)
     period = rng.uniform(5.0, 12.0, n_fields)
     phase = rng.uniform(0.0, 2.0 * np.pi, n_fields)
     amplitude = rng.uniform(0.04, 0.10 + 0.20 * difficulty, n_fields)
     amplitude[rng.random(n_fields) < 0.25] = 0.0  # grassland: no rows
     amplitude[crop == CROP_NAMES.index("green")] *= 0.6
+    return angle, period, phase, amplitude
+
+
+def _reflectance(
+    rng: np.random.Generator,
+    field: NDArray[np.int64],
+    labels: NDArray[np.uint32],
+    road: NDArray[np.bool_],
+    colour: NDArray[np.float64],
+    rows: tuple[NDArray[np.float64], ...],
+    difficulty: float,
+    parcel_size: float,
+    sown: NDArray[np.bool_] | None = None,
+) -> NDArray[np.float32]:
+    """``(4, H, W)`` surface reflectance: field colours, crop rows, margins, roads, noise.
+
+    ``sown`` margin pixels are painted as their field (its rows run on across them).
+    """
+    height, width = field.shape
+    angle, period, phase, amplitude = rows
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     along = xx * np.cos(angle)[field] + yy * np.sin(angle)[field]
-    rows = 1.0 + amplitude[field] * np.sin(2.0 * np.pi * along / period[field] + phase[field])
+    stripes = 1.0 + amplitude[field] * np.sin(2.0 * np.pi * along / period[field] + phase[field])
 
-    refl = np.moveaxis(colour[field], -1, 0) * rows
+    refl = np.moveaxis(colour[field], -1, 0) * stripes
     margin = (labels == 0) & ~road
+    if sown is not None:
+        margin &= ~sown
     refl[:, margin] = np.asarray(MARGIN_REFLECTANCE)[:, None]
     refl[:, road] = np.asarray(ROAD_REFLECTANCE)[:, None]
     refl *= 1.0 + (0.03 + 0.08 * difficulty) * _smooth_noise(rng, height, width, parcel_size / 2)
