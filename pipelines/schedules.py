@@ -1,8 +1,9 @@
 """Recurring runs of a compiled pipeline: when they start and the window each run takes.
 
 ``s2sam schedule`` takes a cron expression (converted to KFP's 6 fields) or an
-interval, and a relative window: ``lookback_days`` only, never dates; each run ends its
-window at its own scheduled time (the pipelines pass
+interval, and a relative window: ``lookback_days``, or seasons counted back
+(``windows=-150d/-90d,-30d/0d``), never dates; each run ends its windows at its own
+scheduled time (the pipelines pass
 ``dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER`` to the ingest).
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from components.core.seasons import is_relative_window, window_texts
 from components.errors import InputError
 from pipelines.compiled_package import PipelinePackage
 from pipelines.kfp_client import KfpClient
@@ -132,6 +134,10 @@ def windowed_parameters(
     for name in DATE_PARAMETERS:
         params.pop(name, None)
     warnings: list[str] = []
+    if _relative_windows(params, lookback_days):
+        if not package.uses_schedule_time:
+            warnings.append(_NO_PLACEHOLDER.format(package.path.name))
+        return params, warnings
     if WINDOW_PARAMETER not in package.parameters:
         if lookback_days is not None:
             raise InputError(
@@ -148,11 +154,36 @@ def windowed_parameters(
             "of imagery before each scheduled time"
         )
     if not package.uses_schedule_time:
-        warnings.append(
-            f"{package.path.name} does not use the schedule-time placeholder: windows end when "
-            "a run starts, not at its scheduled time"
-        )
+        warnings.append(_NO_PLACEHOLDER.format(package.path.name))
     return params, warnings
+
+
+_NO_PLACEHOLDER = (
+    "{} does not use the schedule-time placeholder: windows end when a run starts, not at "
+    "its scheduled time"
+)
+
+
+def _relative_windows(params: Mapping[str, Any], lookback_days: int | None) -> bool:
+    """Whether the schedule takes seasons (``windows``) counted back from each run's time.
+
+    Raises:
+        InputError: A window with fixed dates (every run would take the same imagery),
+            or windows together with a lookback.
+    """
+    texts = window_texts(str(params.get("windows") or ""))
+    if not texts:
+        return False
+    fixed = [t for t in texts if not is_relative_window(t)]
+    if fixed:
+        raise InputError(
+            f"a recurring run with the fixed windows {', '.join(fixed)} would process the "
+            "same imagery every time; count them back from each run's scheduled time, "
+            "e.g. -150d/-90d,-30d/0d"
+        )
+    if lookback_days is not None or params.get(WINDOW_PARAMETER):
+        raise InputError("give --lookback-days or relative windows, not both")
+    return True
 
 
 def recurring_run_body(

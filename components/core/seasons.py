@@ -68,14 +68,22 @@ class DateWindow:
 
     @property
     def relative(self) -> bool:
-        """Whether the window ends at the run's time (a lookback or relative windows)."""
+        """Whether the dates count back from the run's time (a lookback, relative windows)."""
         texts = window_texts(self.windows)
-        return bool(self.lookback_days) or any(_RELATIVE.match(t.split("/")[0]) for t in texts)
+        return bool(self.lookback_days) or any(
+            _RELATIVE.match(end) for t in texts for end in t.split("/")
+        )
 
 
 def window_texts(windows: str) -> list[str]:
     """The ``START/END`` items of a ``windows`` parameter (empty: none)."""
     return [t for t in _SEPARATORS.split((windows or "").strip()) if t]
+
+
+def is_relative_window(text: str) -> bool:
+    """Whether both ends of a ``START/END`` window count back from the run's time."""
+    ends = text.split("/")
+    return len(ends) == 2 and all(_RELATIVE.match(end) for end in ends)
 
 
 def _end(text: str, reference: datetime, name: str, end_of_day: bool) -> datetime:

@@ -34,6 +34,7 @@ def ingest_s2(
     end_date: str = "",
     lookback_days: int = 0,
     reference_time: str = "",
+    windows: str = "",
 ) -> int:
     return 1
 
@@ -61,6 +62,7 @@ def auto_segment_s2(
     end_date: str = "",
     lookback_days: int = 0,
     reference_time: str = "",
+    windows: str = "",
     points_per_side: int = 16,
     pred_iou_thresh: float = 0.88,
     in_memory: bool = True,
@@ -72,6 +74,7 @@ def auto_segment_s2(
         end_date=end_date,
         lookback_days=lookback_days,
         reference_time=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER,
+        windows=windows,
     )
     masks = segment(
         scenes=scenes.outputs["scenes"],
@@ -276,6 +279,22 @@ def test_schedule_weekly_takes_a_relative_window(kfp, tmp_path, capsys):
     assert_no_secret_in_bodies(kfp)
 
 
+def test_schedule_takes_seasons_counted_back_from_each_run(kfp, capsys):
+    windows = "-150d/-90d,-30d/0d"
+    code = main(
+        [
+            "schedule", "create", "--host", kfp.url, "--pipeline", "auto_segment_s2",
+            "--param", f"geometry={GEOJSON}", "--param", f"windows={windows}",
+            "--cron", "@monthly",
+        ]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    parameters = kfp.calls("POST", "/recurringruns")[-1].json["runtime_config"]["parameters"]
+    assert parameters == {"geometry": GEOJSON, "windows": windows}
+    assert "warning" not in err
+
+
 def test_schedule_interval_catchup_concurrency_and_five_field_cron(kfp, capsys):
     base = ["schedule", "create", "--host", kfp.url, "--pipeline", "auto_segment_s2"]
     geometry = ["--param", f"geometry={GEOJSON}"]
@@ -307,6 +326,8 @@ def test_schedule_interval_catchup_concurrency_and_five_field_cron(kfp, capsys):
         ),
         ([], "needs --lookback-days N"),
         (["--lookback-days", "0"], "needs --lookback-days N"),
+        (["--param", "windows=2025-04-01/2025-05-31,-30d/0d"], "fixed windows 2025-04-01"),
+        (["--param", "windows=-30d/0d", "--lookback-days", "7"], "not both"),
     ],
 )
 def test_schedule_refuses_fixed_or_missing_windows(kfp, capsys, extra, message):
