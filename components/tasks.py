@@ -59,6 +59,8 @@ def check_auto_inputs(
     field_max_area_m2: float,
     field_fill_holes_m2: float,
     field_opening_m: float,
+    cropland_mask: str,
+    cropland_min_share: float,
     stac_url: str,
 ) -> str:
     """Check an ``auto_segment_s2`` request (no network, no model); return it as JSON."""
@@ -97,6 +99,8 @@ def check_prompted_inputs(
     field_max_area_m2: float,
     field_fill_holes_m2: float,
     field_opening_m: float,
+    cropland_mask: str,
+    cropland_min_share: float,
     stac_url: str,
 ) -> str:
     """Check a ``segment_s2`` request (no network, no model); return it as JSON."""

@@ -140,6 +140,8 @@ def segment_s2(
     field_max_area_m2: float = KFP.field_max_area_m2,
     field_fill_holes_m2: float = KFP.field_fill_holes_m2,
     field_opening_m: float = KFP.field_opening_m,
+    cropland_mask: str = KFP.cropland_mask,
+    cropland_min_share: float = KFP.cropland_min_share,
     stac_url: str = KFP.stac_url,
 ) -> Sinks:
     """Segment fields in Sentinel-2 imagery from prompts."""  # Args: generated, see DEFINITIONS
@@ -185,6 +187,8 @@ def auto_segment_s2(
     field_max_area_m2: float = KFP.field_max_area_m2,
     field_fill_holes_m2: float = KFP.field_fill_holes_m2,
     field_opening_m: float = KFP.field_opening_m,
+    cropland_mask: str = KFP.cropland_mask,
+    cropland_min_share: float = KFP.cropland_min_share,
     stac_url: str = KFP.stac_url,
 ) -> Sinks:
     """Segment every object (field) in Sentinel-2 imagery automatically."""  # Args: generated

@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar, get_args
 
 from components.core.area import DEFAULT_MAX_AREA_KM2
 from components.core.chips import DEFAULT_SPATIAL_OVERLAP, chip_step
-from components.core.fields import FieldCleaning
+from components.core.fields import CroplandParams, FieldCleaning
 from components.core.geometry import UPSAMPLE_FACTORS
 from components.core.merge import DEFAULT_MASK_NMS_THR
 from components.core.radiometry import STRETCH_MODES, StretchMode
@@ -274,6 +274,7 @@ class SegmentationSettings:
     prompt: PromptParams = PromptParams()
     execution: ExecutionParams = ExecutionParams()
     fields: FieldCleaning = field(default_factory=FieldCleaning)  # frozen: shared safely
+    cropland: CroplandParams = field(default_factory=CroplandParams)  # frozen too
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -350,6 +351,7 @@ _RECORDS: tuple[tuple[type[Any], tuple[str, ...], str], ...] = (
     (PromptParams, ("refine_iterations",), ""),
     (ExecutionParams, ("chip_shards", "num_workers", "in_memory", "backend", "precision"), ""),
     (FieldCleaning, tuple(f.name for f in dataclasses.fields(FieldCleaning)), FIELD_PREFIX),
+    (CroplandParams, ("mask", "min_share"), "cropland_"),
 )
 
 PIPELINE_PARAMETERS: dict[str, PipelineParameter] = {

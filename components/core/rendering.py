@@ -17,8 +17,8 @@ so a whole tile never needs one full-size array per mask.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -113,6 +113,23 @@ class RasterLayout(Protocol):
         """The prompts in band order (empty without prompts)."""
         ...
 
+    @property
+    def columns(self) -> Mapping[str, Sequence[Any]]:
+        """Attributes beyond SAM's scores, one value per mask in ``masks`` order.
+
+        A fused layer's dates, for example; the polygons carry them.
+        """
+        ...
+
+    @property
+    def set_aside(self) -> Sequence[tuple[SceneMask, str]]:
+        """Masks kept out of the raster and the fields, each with the reason.
+
+        Segments that are not cropland, say: written to the set-aside layer, so
+        nothing is lost silently.
+        """
+        ...
+
 
 @dataclass(frozen=True)
 class InstanceLabels:
@@ -121,6 +138,15 @@ class InstanceLabels:
     masks: Sequence[SceneMask]
     count: int = 1
     dtype: str = "uint32"
+    columns: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    """Extra attributes per mask (:meth:`RasterLayout.columns`)."""
+    set_aside: Sequence[tuple[SceneMask, str]] = ()
+    """Masks withheld, with the reason (:meth:`RasterLayout.set_aside`)."""
+
+    def __post_init__(self) -> None:
+        for name, values in self.columns.items():
+            if len(values) != len(self.masks):
+                raise ValueError(f"column {name}: {len(values)} values for {len(self.masks)} masks")
 
     def render(self, region: Box) -> NDArray[np.uint32]:
         """The label block over ``region``, with a leading band axis."""
@@ -170,6 +196,16 @@ class PromptBands:
 
     masks: Sequence[SceneMask]
     order: tuple[PromptId, ...]
+
+    @property
+    def columns(self) -> Mapping[str, Sequence[Any]]:
+        """No attributes beyond SAM's scores."""
+        return {}
+
+    @property
+    def set_aside(self) -> Sequence[tuple[SceneMask, str]]:
+        """Every prompt's mask is an answer to that prompt: none is withheld."""
+        return ()
 
     @property
     def count(self) -> int:
@@ -249,4 +285,20 @@ def downsample_bands(block: NDArray[np.uint8], factor: int) -> NDArray[np.uint8]
     cells = block[:, : h * factor, : w * factor].reshape(b, h, factor, w, factor)
     covered = cells.sum(axis=(2, 4), dtype=np.int32)
     out: NDArray[np.uint8] = (2 * covered >= factor * factor).astype(np.uint8)
+    return out
+
+
+def set_aside_polygons(
+    set_aside: Sequence[tuple[SceneMask, str]], grid: WorkGrid, crs: object, first_id: int
+) -> list[tuple[SegmentPolygon, str]]:
+    """Polygons of withheld masks with their reasons; ids from ``first_id`` on.
+
+    Each mask is polygonised on its own (withheld masks may overlap kept ones).
+    """
+    out = []
+    for k, (m, reason) in enumerate(set_aside):
+        x0, y0, _, _ = m.box
+        at = grid.transform @ Affine.translation(x0, y0)
+        attrs = MaskAttributes(first_id + k, m.prompt_id, m.predicted_iou, m.stability_score)
+        out += [(p, reason) for p in polygonize_masks(m.mask[None], at, crs, [attrs])]
     return out

@@ -68,8 +68,12 @@ def write_fields(
     lineage: dict[str, Any],
     scene_id: str,
     acquired: datetime | None,
+    set_aside: Sequence[tuple[SegmentPolygon, str]] = (),
 ) -> CleaningResult:
     """Clean ``polygons`` and write ``fields.parquet`` and ``fields_set_aside.parquet``.
+
+    ``set_aside`` are segments withheld before the cleaning (e.g. not cropland), with
+    their reasons: they join the set-aside layer as they are.
 
     The fields stay in the scene's ``crs``. A geographic CRS (a user's lon/lat GeoTIFF)
     is cleaned in its UTM zone, where metres mean metres, and brought back.
@@ -100,19 +104,30 @@ def write_fields(
         }
         for k, geometry in zip(result.kept, back, strict=True)
     ]
-    aside = [
+    withheld: list[tuple[SegmentPolygon, str, float]]
+    withheld = [(polygons[d.index], d.reason, d.area_m2) for d in result.dropped]
+    withheld += [(p, reason, p.area_m2) for p, reason in set_aside]
+    _write(folder / FIELDS, kept, KEPT_COLUMNS, crs, _collection(scene_id, cleaning))
+    _write(
+        folder / SET_ASIDE, _aside_rows(withheld, scene_id, common), SET_ASIDE_COLUMNS, crs, None
+    )
+    return result
+
+
+def _aside_rows(
+    withheld: Sequence[tuple[SegmentPolygon, str, float]], scene_id: str, common: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Rows of the set-aside layer: each polygon as it was, its reason and its area."""
+    return [
         {
-            **_attributes(polygons[d.index], scene_id),
-            "geometry": polygons[d.index].geometry,
-            "reason": d.reason,
-            "area_m2": d.area_m2,
+            **_attributes(p, scene_id),
+            "geometry": p.geometry,
+            "reason": reason,
+            "area_m2": area_m2,
             **common,
         }
-        for d in result.dropped
+        for p, reason, area_m2 in withheld
     ]
-    _write(folder / FIELDS, kept, KEPT_COLUMNS, crs, _collection(scene_id, cleaning))
-    _write(folder / SET_ASIDE, aside, SET_ASIDE_COLUMNS, crs, None)
-    return result
 
 
 def _within_limits(result: CleaningResult, crs: Any) -> CleaningResult:

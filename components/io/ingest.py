@@ -55,13 +55,16 @@ from components.core.scene_choice import (
 from components.core.search import TimeRange
 from components.errors import InputError
 from components.io.files import atomic_write_text, read_user_text
+from components.io.landcover import WORLDCOVER_COLLECTION, cropland_on_grid, worldcover_on_grid
 from components.io.mosaic import STRIP_ROWS, MosaicReader, check_assets, n_strips
-from components.io.network import NetworkOptions
+from components.io.network import NetworkOptions, redact
 from components.io.scene_cogs import (
+    CROPLAND_NAME,
     MANIFEST_NAME,
     SceneRecord,
     build_manifest,
     start_new_set,
+    write_cropland,
     write_scene,
 )
 from components.io.stac import (
@@ -94,6 +97,9 @@ class IngestParams:
     network: NetworkOptions
     pc_key: str | None = field(default=None, repr=False)
     """Planetary Computer subscription key; only ever sent to the SAS endpoint."""
+    cropland_mask: str = ""
+    """Land cover read onto the grid for the cropland filter
+    (:data:`~components.core.fields.CroplandParams.mask`); empty: none."""
     windows: tuple[TimeRange, ...] = ()
     """Seasons, sorted, each searched on its own (:mod:`components.core.seasons`);
     empty: the one ``time_range``."""
@@ -111,6 +117,7 @@ def ingest_params(
     stac_url: str | None = None,
     pc_key: str | None = None,
     network: NetworkOptions | None = None,
+    cropland_mask: str = "",
 ) -> IngestParams:
     """Validate the ingest's inputs; no network access.
 
@@ -127,6 +134,8 @@ def ingest_params(
         pc_key: Planetary Computer subscription key; default
             ``$PC_SDK_SUBSCRIPTION_KEY``. Optional; never logged or written.
         network: Timeouts and retries.
+        cropland_mask: ``esa-worldcover``, or a land-cover raster or polygon file (or
+            URL) read onto the grid for the cropland filter; empty: none.
 
     Raises:
         InputError: The first bad input, named, with what is wrong with it.
@@ -142,6 +151,7 @@ def ingest_params(
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InputError(f"stac_url must be an http(s) URL, got {url!r}")
+    check_cropland_source(cropland_mask)
     windows = (time_range,) if isinstance(time_range, TimeRange) else tuple(time_range)
     if not windows:
         raise InputError("no time range: give dates, a lookback or windows")
@@ -149,6 +159,7 @@ def ingest_params(
         area=area,
         time_range=TimeRange(windows[0].start, windows[-1].end),
         windows=windows if len(windows) > 1 else (),
+        cropland_mask=cropland_mask.strip(),
         search=search,
         stac_url=url.rstrip("/"),
         network=network or NetworkOptions(),
@@ -206,13 +217,39 @@ def ingest_s2(
     report = progress or (lambda stage, done, total: None)
 
     grid = area_grid(params.area, OUTPUT_RESOLUTION, params.search.margin_m)
+    cropland = land_cover(params, grid)  # before any pixel: a bad mask fails early
     screened: list[Candidate] = []
     chosen: list[tuple[int, Candidate]] = []
     for window, search in enumerate(params.searches()):
         candidates, selected = choose_acquisitions(search, grid, report)
         screened += candidates
         chosen += [(window, c) for c in selected]
-    return write_scenes(params, grid, screened, chosen, out, report)
+    return write_scenes(params, grid, screened, chosen, out, report, cropland)
+
+
+def check_cropland_source(source: str) -> None:
+    """A local land-cover file must exist; URLs and WorldCover are checked when read."""
+    source = source.strip()
+    if not source or source == WORLDCOVER_COLLECTION or "://" in source:
+        return
+    if not Path(source).is_file():
+        raise InputError(f"cropland_mask: no file at {source!r} (a raster or polygon file)")
+
+
+def land_cover(params: IngestParams, grid: Grid) -> NDArray[np.bool_] | None:
+    """Cropland on the scenes' grid for the cropland filter, or ``None`` without a mask."""
+    source = params.cropland_mask
+    if not source:
+        return None
+    shape = (grid.crs, grid.transform, grid.height, grid.width)
+    try:
+        if source == WORLDCOVER_COLLECTION:
+            return worldcover_on_grid(
+                params.stac_url, *shape, network=params.network, pc_key=params.pc_key
+            )
+        return cropland_on_grid(source, *shape, network=params.network)
+    except InputError as err:
+        raise InputError(f"cropland_mask: {err}") from None
 
 
 def choose_acquisitions(
@@ -260,6 +297,7 @@ def write_scenes(
     selected: Sequence[tuple[int, Candidate]],
     out: Path,
     report: ProgressCallback,
+    cropland: NDArray[np.bool_] | None = None,
 ) -> IngestResult:
     """Write each selected acquisition as a COG, then the manifest (last: it lists them).
 
@@ -279,6 +317,9 @@ def write_scenes(
         for w, c in selected
     )
     manifest = build_manifest(params, grid, records, candidates, {id(c) for _, c in selected})
+    if cropland is not None:
+        write_cropland(out, grid, cropland)
+        manifest["cropland"] = {"file": CROPLAND_NAME, "source": redact(params.cropland_mask)}
     manifest_path = out / MANIFEST_NAME
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return IngestResult(manifest_path, grid, params.search.bands, records)

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +43,7 @@ from rasterio.windows import Window
 from components.core.fields import CleaningResult, FieldCleaning
 from components.core.geometry import WorkGrid
 from components.core.radiometry import RgbScaling, to_rgb
-from components.core.rendering import RasterLayout
+from components.core.rendering import RasterLayout, set_aside_polygons
 from components.core.vectorize import SegmentPolygon
 from components.io.fiboa import FIELDS, SET_ASIDE, write_fields
 from components.io.files import file_sha256
@@ -118,7 +119,11 @@ def _write_cog(
 
 
 def _write_polygons(
-    path: Path, polygons: list[SegmentPolygon], scene: SceneInfo, lineage: dict[str, Any]
+    path: Path,
+    polygons: list[SegmentPolygon],
+    scene: SceneInfo,
+    lineage: dict[str, Any],
+    extra: Mapping[str, Sequence[Any]],
 ) -> int:
     import geopandas as gpd
 
@@ -126,6 +131,8 @@ def _write_polygons(
     columns = ["id", "prompt_id", "predicted_iou", "stability_score", "area_m2", "pixel_count"]
     data = {c: [r[c] for r in rows] for c in columns}
     data["prompt_id"] = [None if v is None else str(v) for v in data["prompt_id"]]
+    for name, values in extra.items():  # per mask; polygon ``id`` k + 1 is mask k
+        data[name] = [values[p.id - 1] for p in polygons]
     data["model_name"] = [lineage.get("model_name")] * len(rows)
     data["model_version"] = [lineage.get("model_version")] * len(rows)
     frame = gpd.GeoDataFrame(data, geometry=[r["geometry"] for r in rows], crs=scene.crs)
@@ -249,10 +256,11 @@ def _write_files(
     tags = _cog_tags(scene, lineage, run["mode"], run["parameters"], created)
     _write_cog(work / SEGMENTATION, layout, scene, grid, tags)
     polygons = layout.polygons(grid, scene.crs)
-    n_polygons = _write_polygons(work / POLYGONS, polygons, scene, lineage)
+    n_polygons = _write_polygons(work / POLYGONS, polygons, scene, lineage, layout.columns)
+    withheld = set_aside_polygons(layout.set_aside, grid, scene.crs, len(layout.masks) + 1)
     cleaned = write_fields(
         work, polygons, scene.crs, fields, lineage=lineage,
-        scene_id=scene.path.stem, acquired=_acquired(scene),
+        scene_id=scene.path.stem, acquired=_acquired(scene), set_aside=withheld,
     )  # fmt: skip
     return {
         "s2sam_version": __version__,
@@ -267,7 +275,7 @@ def _write_files(
         "model": lineage,
         "masks": len(layout.masks),
         "polygons": n_polygons,
-        "fields": _fields_summary(cleaned),
+        "fields": _fields_summary(cleaned, [reason for _, reason in withheld]),
         "prompt_ids": [str(p) for p in layout.prompt_order],
         **run,
     }
@@ -285,11 +293,15 @@ def _acquired(scene: SceneInfo) -> datetime | None:
     return stamp
 
 
-def _fields_summary(result: CleaningResult) -> dict[str, Any]:
-    """How many fields were kept, how many set aside and why."""
+def _fields_summary(result: CleaningResult, withheld: Sequence[str]) -> dict[str, Any]:
+    """How many fields were kept, how many set aside and why.
+
+    ``withheld``: the reasons of segments set aside before the cleaning, counted by
+    their first word (``cropland``), as the cleaning's reasons are.
+    """
     reasons: dict[str, int] = {}
-    for dropped in result.dropped:
-        reasons[dropped.reason] = reasons.get(dropped.reason, 0) + 1
+    for reason in [d.reason for d in result.dropped] + [r.split(" ")[0] for r in withheld]:
+        reasons[reason] = reasons.get(reason, 0) + 1
     return {"kept": len(result.kept), "set_aside": reasons, "simplified": result.simplified}
 
 

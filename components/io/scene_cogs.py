@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import rasterio
 import rasterio.shutil
+from numpy.typing import NDArray
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
@@ -304,3 +305,35 @@ def read_manifest(scenes_dir: Path) -> list[dict[str, Any]]:
     if not scenes:
         raise InputError(f"{manifest} lists no scene")
     return scenes
+
+
+CROPLAND_NAME = "cropland.tif"
+"""The land-cover filter's cropland (uint8 1/0) on the scenes' grid, beside them."""
+
+
+def write_cropland(out: Path, grid: Grid, cropland: NDArray[np.bool_]) -> Path:
+    """Write the cropland mask on the scenes' ``grid`` (through a temporary file)."""
+    path = out / CROPLAND_NAME
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    profile = {
+        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1,
+        "dtype": "uint8", "crs": grid.crs, "transform": grid.transform, "tiled": True,
+        "blockxsize": 512, "blockysize": 512, "compress": "deflate",
+    }  # fmt: skip
+    try:
+        with rasterio.open(part, "w", **profile) as dst:
+            dst.write(cropland.astype(np.uint8), 1)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+    return path
+
+
+def read_cropland(scenes_dir: Path) -> NDArray[np.bool_] | None:
+    """The cropland mask the ingest wrote (its manifest names it); ``None`` without one."""
+    manifest = json.loads((Path(scenes_dir) / MANIFEST_NAME).read_text())
+    entry = manifest.get("cropland")
+    if not entry:
+        return None
+    with rasterio.open(Path(scenes_dir) / entry["file"]) as src:
+        return np.asarray(src.read(1) != 0)

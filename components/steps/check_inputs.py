@@ -36,8 +36,9 @@ def check_request(
     """
     windows: tuple[TimeRange, ...] = windows_of(request.dates, schedule_time, now)
     params = ingest_params(
-        request.geometry, windows, request.search, stac_url=request.stac_url or None
-    )
+        request.geometry, windows, request.search, stac_url=request.stac_url or None,
+        cropland_mask=request.settings.cropland.mask,
+    )  # fmt: skip
     prompt_ids: list[str] = []
     if request.settings.mode == "prompted":
         if not request.prompts.strip():

@@ -30,5 +30,6 @@ def ingest_request(
         request.search,
         stac_url=request.stac_url or None,
         network=network,
+        cropland_mask=request.settings.cropland.mask,
     )
     return ingest_s2(params, output_dir, progress)

@@ -12,7 +12,7 @@ import base64
 import json
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,15 @@ from components.core.merge import SceneMask
 from components.core.params import PipelineRequest
 from components.core.prompts import DroppedPrompt
 from components.core.records import from_json
+from components.core.rendering import InstanceLabels
 from components.inference.shard import RunStats
 from components.inference.strategy import SceneStrategy, scene_strategy
 from components.io.fiboa import FIELDS
 from components.io.outputs import POLYGONS, QUICKLOOK, OutputFiles, write_outputs
 from components.io.raster import SceneInfo, pixels_valid
 from components.io.registry import resolve_model
+from components.steps.cropland import cropland_split
+from components.steps.fuse import FUSED, needs_fusion, write_fused
 from components.steps.plan_chips import ScenePlan, ShardPlan, open_planned_scene
 from components.steps.segment import read_masks
 
@@ -46,6 +49,8 @@ class MergedScene:
     files: OutputFiles
     masks: list[SceneMask]
     grid: ChipGrid
+    set_aside: list[SceneMask] = field(default_factory=list)
+    """Masks the cropland filter set aside (written to the set-aside layer)."""
 
 
 def merge_scene(
@@ -69,13 +74,14 @@ def merge_scene(
     strategy = scene_strategy(settings, prompts, scene)
     work = scene.work_grid(settings.upsample)
     grid = chip_grid(work.height, work.width, shard.chip_size, settings.spatial_overlap)
-    merged = strategy.merge(masks, grid)
+    merged, aside = cropland_split(strategy.merge(masks, grid), root, settings)
     stats = stats or RunStats(chips_total=len(plan.chips))
     stats.chips_without_prompts = len(grid) - len(plan.chips)  # never read nor encoded
     stats.masks_from_chips = len(masks)
     stats.masks_merged = len(merged)
+    layout = InstanceLabels(merged, set_aside=aside) if aside else strategy.layout(merged)
     files = write_outputs(
-        strategy.layout(merged),
+        layout,
         scene,
         work,
         plan.scaling,
@@ -96,7 +102,7 @@ def merge_scene(
         },
         fields=settings.fields,
     )
-    return MergedScene(files, merged, grid)
+    return MergedScene(files, merged, grid, [m for m, _ in aside])
 
 
 def unanswered(
@@ -141,10 +147,14 @@ def merge_shards(
 ) -> list[dict[str, Any]]:
     """Merge every planned scene into ``output_dir/<acquisition>/``; one summary each.
 
-    ``root`` is the scenes folder as this task sees it.
+    Scenes of several date windows (automatic mode) are also fused into one field
+    layer in ``output_dir/fused/``, whose summary comes last. ``root`` is the scenes
+    folder as this task sees it.
     """
     summaries = []
-    for plan in scene_plans(shards):
+    dated = []
+    plans = scene_plans(shards)
+    for plan in plans:
         merged = merge_scene(
             plan, masks.get(plan.acquisition, []), shards[0], root=root, prompts=prompts,
             lineage=lineage, output_dir=output_dir / plan.acquisition,
@@ -152,6 +162,11 @@ def merge_shards(
         summary = json.loads(merged.files.summary.read_text())
         summary["acquisition"] = plan.acquisition
         summaries.append(summary)
+        dated.append((plan, merged.masks + merged.set_aside))  # fused, then filtered
+    if needs_fusion(plans) and shards[0].settings.mode == "automatic":
+        summaries.append(
+            write_fused(dated, shards[0], root=root, lineage=lineage, output_dir=output_dir / FUSED)
+        )
     return summaries
 
 
@@ -173,14 +188,10 @@ def publish_merge(
         shutil.copyfile(folder / POLYGONS, sinks.polygons / f"{key}.parquet")
         shutil.copyfile(folder / FIELDS, sinks.fields / f"{key}.parquet")
         png = base64.b64encode((folder / QUICKLOOK).read_bytes()).decode("ascii")
-        model = summary["model"]
         lines += [
             f"## {key}",
             "",
-            f"{summary['masks']} masks, {summary['polygons']} polygons, "
-            f"{summary['fields']['kept']} fields from {summary['chips']} chips; model "
-            f"{model.get('model_name')} version {model.get('model_version')} "
-            f"({summary['mode']} mode).",
+            _describe(summary),
             "",
             f"![{key}](data:image/png;base64,{png})",
             "",
@@ -189,15 +200,40 @@ def publish_merge(
         lines.append("No scene had anything to segment.")
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     markdown_path.write_text("\n".join(lines) + "\n")
+    return run_metrics(summaries)
+
+
+def _describe(summary: Mapping[str, Any]) -> str:
+    """One sentence on a scene's (or the fused layer's) outputs, for the UI's page."""
+    model = summary["model"]
+    made = (
+        f"fused from {', '.join(summary['acquisitions'])}"
+        if summary["mode"] == "fused"
+        else f"from {summary['chips']} chips"
+    )
+    return (
+        f"{summary['masks']} masks, {summary['polygons']} polygons, "
+        f"{summary['fields']['kept']} fields {made}; model {model.get('model_name')} "
+        f"version {model.get('model_version')} ({summary['mode']} mode)."
+    )
+
+
+def run_metrics(summaries: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The run's KFP metrics (numbers): totals over scenes, and the fused layer's fields."""
+    scenes = [s for s in summaries if s["acquisition"] != FUSED]
+    fused = [s for s in summaries if s["acquisition"] == FUSED]
     version = summaries[0]["model"].get("model_version") if summaries else None
-    return {
-        "scenes": float(len(summaries)),
-        "chips": float(sum(int(s["chips"]) for s in summaries)),
-        "masks": float(sum(int(s["masks"]) for s in summaries)),
-        "polygons": float(sum(int(s["polygons"]) for s in summaries)),
-        "fields": float(sum(int(s["fields"]["kept"]) for s in summaries)),
+    metrics = {
+        "scenes": float(len(scenes)),
+        "chips": float(sum(int(s["chips"]) for s in scenes)),
+        "masks": float(sum(int(s["masks"]) for s in scenes)),
+        "polygons": float(sum(int(s["polygons"]) for s in scenes)),
+        "fields": float(sum(int(s["fields"]["kept"]) for s in scenes)),
         "model_version": float(version) if version and str(version).isdigit() else 0.0,
     }
+    if fused:
+        metrics["fused_fields"] = float(fused[0]["fields"]["kept"])
+    return metrics
 
 
 def merge_and_publish(

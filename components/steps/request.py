@@ -14,7 +14,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from components.core.fields import FieldCleaning
+from components.core.fields import CroplandParams, FieldCleaning
 from components.core.params import (
     FIELD_PREFIX,
     KFP,
@@ -66,6 +66,7 @@ def request_from_parameters(mode: Mode, values: Mapping[str, Any]) -> PipelineRe
             precision=v["precision"],
         ),
         fields=FieldCleaning(**{f.name: v[FIELD_PREFIX + f.name] for f in fields(FieldCleaning)}),
+        cropland=CroplandParams(v["cropland_mask"], float(v["cropland_min_share"])),
     )
     return PipelineRequest(
         geometry=v["geometry"],

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from components.core.fields import CroplandParams
 from components.core.params import RESAMPLINGS, DateWindow, PipelineRequest, SearchParams
 from components.core.scene_choice import STRATEGIES
 from components.core.search import DEFAULT_BANDS
@@ -64,6 +65,7 @@ def register(subparsers: Any) -> None:
     output.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the COGs")
     add_field(output, SearchParams, "margin_m", "--margin")
     add_field(output, SearchParams, "resampling", choices=RESAMPLINGS)
+    add_field(output, CroplandParams, "mask", "--cropland-mask")
     source = parser.add_argument_group("source and network")
     add_field(source, PipelineRequest, "stac_url")
     add_field(source, SearchParams, "collection")
@@ -109,6 +111,7 @@ class _ProgressBars:
 def run(args: argparse.Namespace) -> int:
     """Run the ingest; print one line per scene written, then the manifest's path."""
     from components.io.ingest import ingest_params, ingest_s2
+    from components.io.scene_cogs import CROPLAND_NAME
     from components.steps.request import windows_of
 
     logging.basicConfig(
@@ -125,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         search,
         stac_url=args.stac_url or None,
         network=NetworkOptions(timeout_s=args.timeout_s, retries=args.retries),
+        cropland_mask=args.mask,
     )
     with _ProgressBars(not args.no_progress and sys.stderr.isatty()) as progress:
         result = ingest_s2(params, args.output_dir, progress)
@@ -132,5 +136,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{scene.path}\t{scene.key}\t{','.join(scene.tiles)}\tcloud {scene.cloud_fraction:.1%}"
         )
+    if args.mask:
+        print(result.manifest_path.parent / CROPLAND_NAME)
     print(result.manifest_path)
     return 0

@@ -44,6 +44,8 @@ RUN_PARAMETERS: dict[str, dict[str, Any]] = {
     "field_max_area_m2": {},
     "field_fill_holes_m2": {},
     "field_opening_m": {},
+    "cropland_mask": {},
+    "cropland_min_share": {},
 }
 """The pipelines' parameters that ``s2sam run`` takes as options (the AMG ones are added by
 :func:`add_amg_arguments`), with what differs from the pipelines' defaults."""

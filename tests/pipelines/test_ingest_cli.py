@@ -66,6 +66,8 @@ def test_cli_on_the_real_scene(real_stac, shared_data, tmp_path, capsys):
         (["--lookback-days", "5"], "not both"),
         (["--bands", "B04,B09"], "'B09' is not a 10 or 20 m"),
         (["--max-scenes", "0"], "max_scenes"),
+        (["--window", "2023-05-01/2023-05-10"], "give windows, or start_date and end_date"),
+        (["--cropland-mask", "/no/such/mask.tif"], "cropland_mask: no file at"),
     ],
 )
 def test_input_mistakes_exit_2_with_one_line(stac, tmp_path, capsys, extra, message):
@@ -95,3 +97,26 @@ def test_no_scene_exits_1_and_says_what_was_searched(stac, tmp_path, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "no scene found" in err and "2022-01-01T00:00:00Z/2022-01-31" in err
+
+
+def test_one_clear_acquisition_per_window(stac, tmp_path, capsys):
+    area = write_area(tmp_path, roi("single"))
+    args = ["ingest", "--geometry", str(area), "--window", "2023-05-14/2023-05-31"]
+    args += ["--window", "2023-05-01/2023-05-07", "--max-cloud-cover", "100"]
+    args += ["--stac-url", stac.url, "--output-dir", str(tmp_path / "o"), *FAST]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[1] for line in lines[:-1]] == [
+        "S2B_20230502_R022",
+        "S2A_20230515_R122",
+    ]
+
+
+def test_overlapping_windows_exit_2_before_any_request(stac, tmp_path, capsys):
+    area = write_area(tmp_path, roi("single"))
+    args = ["ingest", "--geometry", str(area), "--window", "2023-05-01/2023-05-10"]
+    args += ["--window", "2023-05-10/2023-05-20", "--stac-url", stac.url]
+    args += ["--output-dir", str(tmp_path / "o"), *FAST]
+    assert main(args) == 2
+    assert "windows overlap" in capsys.readouterr().err
+    assert stac.api.layer.requests == []

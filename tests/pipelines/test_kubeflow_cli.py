@@ -288,7 +288,7 @@ def test_schedule_takes_seasons_counted_back_from_each_run(kfp, capsys):
             "--cron", "@monthly",
         ]
     )  # fmt: skip
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
     assert code == 0, err
     parameters = kfp.calls("POST", "/recurringruns")[-1].json["runtime_config"]["parameters"]
     assert parameters == {"geometry": GEOJSON, "windows": windows}

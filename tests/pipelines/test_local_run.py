@@ -147,17 +147,12 @@ def test_segment_s2_marks_the_clicked_fields(stac, fields_export, local_registry
     covers most of the clicked parcel."""
     from pyproj import Transformer
 
-    from tests.fixtures.s2_world import FIELDS_ORIGIN, fields_scene, rect_geojson
+    from tests.fixtures.s2_world import fields_area, fields_scene
 
     register_model(fields_export, "sam-fields", "champion", alias_explicit=True)
     scene = fields_scene()
-    left, top = FIELDS_ORIGIN
-    # the area: the scene less a 500 m margin (ingest crops to it)
-    bounds = (left + 500, top - 10 * 1300 + 500, left + 10 * 1500 - 500, top - 500)
     area = tmp_path / "area.geojson"
-    area.write_text(
-        json.dumps({"type": "Feature", "properties": {}, "geometry": rect_geojson(bounds)})
-    )
+    area.write_text(json.dumps(fields_area()))  # the scene less 500 m (ingest crops to it)
     to_lonlat = Transformer.from_crs(32633, 4326, always_xy=True)
     chosen = [
         p for p in scene.parcels
@@ -198,6 +193,101 @@ def test_segment_s2_marks_the_clicked_fields(stac, fields_export, local_registry
         assert band[row - row0, col - col0], p.label
         inside = labels == p.label
         assert np.count_nonzero(band & inside) >= 0.5 * np.count_nonzero(inside), p.label
+
+
+def polygon_pixels(path: Path, shape: tuple[int, int], transform) -> list[np.ndarray]:
+    """Each polygon of a parquet file as pixels of the grid ``transform`` (centres inside)."""
+    from rasterio.features import geometry_mask
+
+    return [~geometry_mask([g], shape, transform) for g in gpd.read_parquet(path).geometry]
+
+
+def cropland_shares(path: Path, cropland: np.ndarray, transform) -> list[float]:
+    """Cropland share of each polygon of a parquet file, on the scene grid ``transform``."""
+    return [
+        float(cropland[inside].mean()) if inside.any() else 0.0
+        for inside in polygon_pixels(path, cropland.shape, transform)
+    ]
+
+
+def best_iou(parcel: np.ndarray, masks: list[np.ndarray]) -> float:
+    """The best IoU of ``parcel`` with any of ``masks``."""
+    return max((float((m & parcel).sum() / (m | parcel).sum()) for m in masks), default=0.0)
+
+
+def test_auto_segment_s2_two_seasons_and_the_cropland_filter(
+    stac, fields_export, local_registry, tmp_path
+):
+    """auto_segment_s2 with a July and a September window over the synthetic fields and
+    ESA WorldCover from the same STAC API: each date and their fusion are written, and
+    segments over the generated forest, water and village are set aside with the
+    reason, while no segment on cropland is."""
+    from tests.fixtures.s2_world import fields_area, fields_scene
+    from tests.fixtures.worldcover import CROPLAND, non_crop_parcels, worldcover_on_scene
+
+    register_model(fields_export, "sam-fields", "champion", alias_explicit=True)
+    scene = fields_scene()
+    area = tmp_path / "area.geojson"
+    # one chip (1024 px) per date, holding the forest, water and village parcels
+    col0, row0 = 250, 150
+    area.write_text(json.dumps(fields_area(pixels=(col0, row0, col0 + 1024, row0 + 1024))))
+    out = tmp_path / "seasons"
+    started = time.perf_counter()
+    result = s2sam(
+        "run", "auto-segment-s2", "--geometry", area, "--stac-url", stac.url,
+        "--window", "2022-09-01/2022-09-30", "--window", "2022-07-01/2022-07-31",
+        "--cropland-mask", "esa-worldcover", "--model-uri", "models:/sam-fields@champion",
+        "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--output-dir", out,
+    )  # fmt: skip
+    print(f"auto_segment_s2, two windows: {time.perf_counter() - started:.0f} s wall")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    july, september, fused = run["metadata"]["segmentation_mask"]["acquisitions"]
+    assert (july[:12], september[:12], fused) == ("S2A_20220714", "S2A_20220913", "fused")
+    (metrics,) = run["metrics"].values()
+    assert metrics["scenes"] == 2.0 and metrics["fused_fields"] > 0
+    polygons = gpd.read_parquet(out / "polygons" / "fused.parquet")
+    assert set(polygons["dates_found"]) <= {1, 2} and (polygons["dates_found"] == 2).any()
+    assert set(polygons["acquisitions"]) <= {july, september, f"{july},{september}"}
+    assert fiboa_errors(out / "fields" / "fused.parquet") == []
+    # The land cover and the parcels on the output grid (the area's window of the scene).
+    window = (slice(row0, row0 + 1024), slice(col0, col0 + 1024))
+    cropland = worldcover_on_scene()[window] == CROPLAND
+    labels = scene.labels[window]
+    with rasterio.open(out / "segmentation_mask" / fused / "segmentation.tif") as src:
+        transform = src.transform
+        assert src.shape == cropland.shape
+    for layer in (july, september, fused):
+        folder = out / "segmentation_mask" / layer
+        aside = gpd.read_parquet(folder / "fields_set_aside.parquet")
+        by_cropland = aside["reason"].str.startswith("cropland share").to_numpy()
+        assert by_cropland.sum() > 0, layer  # the forest, water and village parcels
+        shares = np.array(cropland_shares(folder / "fields_set_aside.parquet", cropland, transform))
+        # whole masks: the filter's own share, up to polygon vs. pixel rounding at the outline
+        assert shares[by_cropland].max() < 0.5 + 0.05, layer
+        kept = gpd.read_parquet(folder / "polygons.parquet")
+        kept_shares = np.array(cropland_shares(folder / "polygons.parquet", cropland, transform))
+        weighted = np.average(kept_shares, weights=kept.area)
+        print(
+            f"{layer}: {len(kept)} kept (cropland share min {kept_shares.min():.2f}, mean "
+            f"{weighted:.3f} by area), {int(by_cropland.sum())} set aside as not cropland"
+        )
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["fields"]["set_aside"]["cropland"] == by_cropland.sum()
+        # no kept segment is one of the forest, water or village parcels; none of the
+        # set-aside ones is a field
+        kept_pixels = polygon_pixels(folder / "polygons.parquet", cropland.shape, transform)
+        for label in non_crop_parcels():
+            assert best_iou(labels == label, kept_pixels) < 0.5, (layer, label)
+        aside_pixels = polygon_pixels(
+            folder / "fields_set_aside.parquet", cropland.shape, transform
+        )
+        for label in set(np.unique(labels)) - set(non_crop_parcels()) - {0}:
+            assert (
+                best_iou(labels == label, [aside_pixels[k] for k in np.flatnonzero(by_cropland)])
+                < 0.5
+            )
+    assert scene.labels.shape == (1300, 1500)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from rasterio.windows import Window
 
 from components.core.params import SearchParams
@@ -27,7 +28,7 @@ from components.core.scene_choice import (
 )
 from components.core.search import resolve_time_range
 from components.core.seasons import DateWindow, resolve_windows
-from components.errors import ServiceError
+from components.errors import InputError, ServiceError
 from components.io.ingest import ingest_params, ingest_s2
 from components.io.network import NetworkOptions, redact
 from components.io.scene_cogs import MANIFEST_NAME
@@ -39,6 +40,7 @@ from tests.fixtures.s2_world import (
     REAL_ACQUISITIONS,
     REAL_TIF,
     expected_dn,
+    fields_area,
     real_roi,
     roi,
 )
@@ -334,6 +336,48 @@ def test_a_window_without_a_usable_scene_fails_naming_its_dates(stac, tmp_path):
         )  # fmt: skip
     assert "S2A_20230505_R122" in str(err.value)
     assert leftovers(tmp_path / "out") == []
+
+
+def test_worldcover_cropland_is_read_onto_the_scenes_grid(stac, tmp_path):
+    from tests.fixtures.worldcover import CROPLAND, worldcover_on_scene
+
+    params = ingest_params(
+        json.dumps(fields_area()), resolve_time_range("2022-07-01", "2022-07-31"),
+        stac_url=stac.url, network=NET, cropland_mask="esa-worldcover",
+    )  # fmt: skip
+    result = ingest_s2(params, tmp_path)
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["cropland"] == {"file": "cropland.tif", "source": "esa-worldcover"}
+    with rasterio.open(tmp_path / "cropland.tif") as src:
+        cropland = src.read(1)
+        assert src.transform == read(result.scenes[0].path)[1]["transform"]
+    expected = worldcover_on_scene()[50 : 50 + cropland.shape[0], 50 : 50 + cropland.shape[1]]
+    np.testing.assert_array_equal(cropland, expected == CROPLAND)
+    assert 0 < cropland.mean() < 1  # the generated forest, water and village are not cropland
+
+
+def test_a_cropland_raster_not_covering_the_area_fails_before_any_pixel(stac, tmp_path):
+    from tests.fixtures.s2_world import write_cog
+
+    mask = tmp_path / "landcover.tif"  # a 1 km square in the corner of the area
+    write_cog(
+        mask, np.full((100, 100), 40, np.uint8), Affine(10, 0, 600_500, 0, -10, 5_299_500), 32633
+    )
+    params = ingest_params(
+        json.dumps(fields_area()), resolve_time_range("2022-07-01", "2022-07-31"),
+        stac_url=stac.url, network=NET, cropland_mask=str(mask),
+    )  # fmt: skip
+    with pytest.raises(InputError, match=r"cropland_mask: land cover raster .* does not cover"):
+        ingest_s2(params, tmp_path / "out")
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_a_missing_cropland_file_is_named_before_any_request(tmp_path):
+    with pytest.raises(InputError, match="cropland_mask: no file at"):
+        ingest_params(
+            json.dumps(roi("single")), resolve_time_range(**MAY),
+            stac_url="http://127.0.0.1:9", cropland_mask=str(tmp_path / "nope.tif"),
+        )  # fmt: skip
 
 
 def test_mixed_baselines_are_harmonised_and_stale_duplicates_dropped(stac, tmp_path):
