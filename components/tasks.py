@@ -61,6 +61,7 @@ def check_auto_inputs(
     field_opening_m: float,
     cropland_mask: str,
     cropland_min_share: float,
+    cropland_classes: str,
     stac_url: str,
 ) -> str:
     """Check an ``auto_segment_s2`` request (no network, no model); return it as JSON."""
@@ -101,6 +102,7 @@ def check_prompted_inputs(
     field_opening_m: float,
     cropland_mask: str,
     cropland_min_share: float,
+    cropland_classes: str,
     stac_url: str,
 ) -> str:
     """Check a ``segment_s2`` request (no network, no model); return it as JSON."""

@@ -142,6 +142,7 @@ def segment_s2(
     field_opening_m: float = KFP.field_opening_m,
     cropland_mask: str = KFP.cropland_mask,
     cropland_min_share: float = KFP.cropland_min_share,
+    cropland_classes: str = KFP.cropland_classes,
     stac_url: str = KFP.stac_url,
 ) -> Sinks:
     """Segment fields in Sentinel-2 imagery from prompts."""  # Args: generated, see DEFINITIONS
@@ -189,6 +190,7 @@ def auto_segment_s2(
     field_opening_m: float = KFP.field_opening_m,
     cropland_mask: str = KFP.cropland_mask,
     cropland_min_share: float = KFP.cropland_min_share,
+    cropland_classes: str = KFP.cropland_classes,
     stac_url: str = KFP.stac_url,
 ) -> Sinks:
     """Segment every object (field) in Sentinel-2 imagery automatically."""  # Args: generated

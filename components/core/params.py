@@ -351,7 +351,7 @@ _RECORDS: tuple[tuple[type[Any], tuple[str, ...], str], ...] = (
     (PromptParams, ("refine_iterations",), ""),
     (ExecutionParams, ("chip_shards", "num_workers", "in_memory", "backend", "precision"), ""),
     (FieldCleaning, tuple(f.name for f in dataclasses.fields(FieldCleaning)), FIELD_PREFIX),
-    (CroplandParams, ("mask", "min_share"), "cropland_"),
+    (CroplandParams, ("mask", "min_share", "classes"), "cropland_"),
 )
 
 PIPELINE_PARAMETERS: dict[str, PipelineParameter] = {

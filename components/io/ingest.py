@@ -36,6 +36,7 @@ from rasterio.enums import Resampling
 from rasterio.features import geometry_mask
 
 from components.core.area import Area, Grid, area_grid, parse_area, project
+from components.core.landcover import WORLDCOVER_CROPLAND
 from components.core.params import SearchParams
 from components.core.scene_choice import (
     SCL_ASSET,
@@ -100,6 +101,8 @@ class IngestParams:
     cropland_mask: str = ""
     """Land cover read onto the grid for the cropland filter
     (:data:`~components.core.fields.CroplandParams.mask`); empty: none."""
+    cropland_classes: tuple[int, ...] = (WORLDCOVER_CROPLAND,)
+    """Raster classes that are cropland."""
     windows: tuple[TimeRange, ...] = ()
     """Seasons, sorted, each searched on its own (:mod:`components.core.seasons`);
     empty: the one ``time_range``."""
@@ -118,6 +121,7 @@ def ingest_params(
     pc_key: str | None = None,
     network: NetworkOptions | None = None,
     cropland_mask: str = "",
+    cropland_classes: Sequence[int] = (WORLDCOVER_CROPLAND,),
 ) -> IngestParams:
     """Validate the ingest's inputs; no network access.
 
@@ -136,6 +140,7 @@ def ingest_params(
         network: Timeouts and retries.
         cropland_mask: ``esa-worldcover``, or a land-cover raster or polygon file (or
             URL) read onto the grid for the cropland filter; empty: none.
+        cropland_classes: The raster classes that are cropland.
 
     Raises:
         InputError: The first bad input, named, with what is wrong with it.
@@ -160,6 +165,7 @@ def ingest_params(
         time_range=TimeRange(windows[0].start, windows[-1].end),
         windows=windows if len(windows) > 1 else (),
         cropland_mask=cropland_mask.strip(),
+        cropland_classes=tuple(cropland_classes),
         search=search,
         stac_url=url.rstrip("/"),
         network=network or NetworkOptions(),
@@ -242,12 +248,13 @@ def land_cover(params: IngestParams, grid: Grid) -> NDArray[np.bool_] | None:
     if not source:
         return None
     shape = (grid.crs, grid.transform, grid.height, grid.width)
+    classes = params.cropland_classes
     try:
         if source == WORLDCOVER_COLLECTION:
             return worldcover_on_grid(
-                params.stac_url, *shape, network=params.network, pc_key=params.pc_key
+                params.stac_url, *shape, classes, network=params.network, pc_key=params.pc_key
             )
-        return cropland_on_grid(source, *shape, network=params.network)
+        return cropland_on_grid(source, *shape, classes, network=params.network)
     except InputError as err:
         raise InputError(f"cropland_mask: {err}") from None
 

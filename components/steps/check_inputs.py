@@ -38,6 +38,7 @@ def check_request(
     params = ingest_params(
         request.geometry, windows, request.search, stac_url=request.stac_url or None,
         cropland_mask=request.settings.cropland.mask,
+        cropland_classes=request.settings.cropland.classes,
     )  # fmt: skip
     prompt_ids: list[str] = []
     if request.settings.mode == "prompted":

@@ -31,5 +31,6 @@ def ingest_request(
         stac_url=request.stac_url or None,
         network=network,
         cropland_mask=request.settings.cropland.mask,
+        cropland_classes=request.settings.cropland.classes,
     )
     return ingest_s2(params, output_dir, progress)

@@ -66,7 +66,11 @@ def request_from_parameters(mode: Mode, values: Mapping[str, Any]) -> PipelineRe
             precision=v["precision"],
         ),
         fields=FieldCleaning(**{f.name: v[FIELD_PREFIX + f.name] for f in fields(FieldCleaning)}),
-        cropland=CroplandParams(v["cropland_mask"], float(v["cropland_min_share"])),
+        cropland=CroplandParams(
+            v["cropland_mask"],
+            float(v["cropland_min_share"]),
+            text_list(v["cropland_classes"], int, "cropland_classes") or (),
+        ),
     )
     return PipelineRequest(
         geometry=v["geometry"],

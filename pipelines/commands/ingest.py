@@ -22,7 +22,7 @@ from components.core.params import RESAMPLINGS, DateWindow, PipelineRequest, Sea
 from components.core.scene_choice import STRATEGIES
 from components.core.search import DEFAULT_BANDS
 from components.io.network import NetworkOptions
-from pipelines.commands.options import add_field, add_window_option, windows_text
+from pipelines.commands.options import add_field, add_window_option, ints, windows_text
 
 SEARCH_OPTIONS = (
     "bands", "max_cloud_cover", "max_roi_cloud_fraction", "max_roi_nodata_fraction",
@@ -66,6 +66,7 @@ def register(subparsers: Any) -> None:
     add_field(output, SearchParams, "margin_m", "--margin")
     add_field(output, SearchParams, "resampling", choices=RESAMPLINGS)
     add_field(output, CroplandParams, "mask", "--cropland-mask")
+    add_field(output, CroplandParams, "classes", "--cropland-classes", type=ints, default="40")
     source = parser.add_argument_group("source and network")
     add_field(source, PipelineRequest, "stac_url")
     add_field(source, SearchParams, "collection")
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         stac_url=args.stac_url or None,
         network=NetworkOptions(timeout_s=args.timeout_s, retries=args.retries),
         cropland_mask=args.mask,
+        cropland_classes=args.classes,
     )
     with _ProgressBars(not args.no_progress and sys.stderr.isatty()) as progress:
         result = ingest_s2(params, args.output_dir, progress)

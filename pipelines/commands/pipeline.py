@@ -46,6 +46,7 @@ RUN_PARAMETERS: dict[str, dict[str, Any]] = {
     "field_opening_m": {},
     "cropland_mask": {},
     "cropland_min_share": {},
+    "cropland_classes": {},
 }
 """The pipelines' parameters that ``s2sam run`` takes as options (the AMG ones are added by
 :func:`add_amg_arguments`), with what differs from the pipelines' defaults."""

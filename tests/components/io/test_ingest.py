@@ -372,6 +372,24 @@ def test_a_cropland_raster_not_covering_the_area_fails_before_any_pixel(stac, tm
     assert leftovers(tmp_path / "out") == []
 
 
+def test_a_users_land_cover_with_its_own_cropland_classes(stac, tmp_path):
+    from tests.fixtures.s2_world import FIELDS_ORIGIN, FIELDS_SHAPE, write_cog
+
+    classes = np.full(FIELDS_SHAPE, 3, np.uint8)  # a national scheme: 7 arable, 8 orchard
+    classes[:, :600], classes[:, 600:700] = 7, 8
+    left, top = FIELDS_ORIGIN
+    mask = tmp_path / "national.tif"
+    write_cog(mask, classes, Affine(10, 0, left, 0, -10, top), 32633)
+    params = ingest_params(
+        json.dumps(fields_area()), resolve_time_range("2022-07-01", "2022-07-31"),
+        stac_url=stac.url, network=NET, cropland_mask=str(mask), cropland_classes=(7, 8),
+    )  # fmt: skip
+    ingest_s2(params, tmp_path / "out")
+    with rasterio.open(tmp_path / "out" / "cropland.tif") as src:
+        cropland = src.read(1)
+    np.testing.assert_array_equal(cropland, np.isin(classes, (7, 8))[50:-50, 50:-50])
+
+
 def test_a_missing_cropland_file_is_named_before_any_request(tmp_path):
     with pytest.raises(InputError, match="cropland_mask: no file at"):
         ingest_params(
