@@ -40,7 +40,6 @@ from numpy.typing import NDArray
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from components.core.landcover import DEFAULT_MIN_SHARE, WORLDCOVER_CROPLAND, CroplandFilter
 from components.core.vectorize import as_crs, oriented
 from components.errors import InputError
 
@@ -102,52 +101,6 @@ class FieldCleaning:
                 f"max_area_m2 ({self.max_area_m2}) is below min_area_m2 ({self.min_area_m2}): "
                 "every field would be dropped"
             )
-
-
-@dataclass(frozen=True)
-class CroplandParams:
-    """The optional land-cover filter: segments mostly off cropland are set aside, with why.
-
-    Automatic segmentation draws forest patches, lakes and villages as well as fields;
-    the land cover is read by the ingest on the scenes' grid, the filter applied at the
-    merge (:mod:`components.core.landcover`).
-    """
-
-    mask: str = field(
-        default="",
-        metadata={
-            "doc": "Land cover that says where cropland is: esa-worldcover (from the STAC "
-            "API), or a categorical raster or a polygon file (polygons are cropland), path "
-            "or URL; empty: keep every segment."
-        },
-    )
-    min_share: float = field(
-        default=DEFAULT_MIN_SHARE,
-        metadata={"doc": "Segments with less of their area on cropland are set aside."},
-    )
-    classes: tuple[int, ...] = field(
-        default=(WORLDCOVER_CROPLAND,),
-        metadata={
-            "doc": "Raster classes that count as cropland (WorldCover: 40 cropland; 30 "
-            "grassland adds pasture); comma-separated."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        share = self.min_share
-        if not (isinstance(share, int | float) and math.isfinite(share) and 0 <= share <= 1):
-            raise InputError(f"cropland_min_share must be in [0, 1], got {share!r}")
-        try:
-            CroplandFilter(classes=self.classes)
-        except InputError:
-            raise InputError(
-                f"cropland_classes must be one or more integer classes, got {self.classes!r}"
-            ) from None
-
-    @property
-    def filter(self) -> CroplandFilter:
-        """The filter the merge applies (its reason names the classes)."""
-        return CroplandFilter(min_share=float(self.min_share), classes=self.classes)
 
 
 @dataclass(frozen=True)

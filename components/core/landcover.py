@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,6 +31,27 @@ WORLDCOVER_CROPLAND = 40
 """ESA WorldCover's class "Cropland" (10 tree cover, 50 built-up, 80 water, ...)."""
 DEFAULT_MIN_SHARE = 0.5
 """A segment is a field when at least half of it is on cropland."""
+VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".parquet", ".geoparquet", ".fgb", ".shp")
+"""Land cover given as polygons (cropland); any other file is read as a raster."""
+
+
+def is_polygon_source(source: str) -> bool:
+    """Whether a land-cover path or URL names a polygon file (by its suffix)."""
+    return source.split("?", 1)[0].strip().lower().endswith(VECTOR_SUFFIXES)
+
+
+def check_classes_apply(source: str, classes: Sequence[int]) -> None:
+    """Refuse raster classes for a polygon file, whose polygons are all cropland.
+
+    Classes other than the default would be ignored there, silently: the user meant
+    them to choose something the file cannot express.
+    """
+    if is_polygon_source(source) and tuple(classes) != (WORLDCOVER_CROPLAND,):
+        raise InputError(
+            f"cropland_classes {list(classes)} apply to a land-cover raster, but "
+            f"cropland_mask {source!r} is a polygon file (every polygon is cropland): "
+            "leave the classes at their default"
+        )
 
 
 @dataclass(frozen=True)
@@ -42,6 +63,8 @@ class CroplandFilter:
     classes: tuple[int, ...] = (WORLDCOVER_CROPLAND,)
     """Land-cover classes that are cropland (WorldCover: 40); any integer class codes for
     a user's own categorical raster."""
+    polygons: bool = False
+    """The land cover is a polygon file (its polygons are cropland; no classes)."""
 
     def __post_init__(self) -> None:
         share = self.min_share
@@ -60,9 +83,66 @@ class CroplandFilter:
             )
         object.__setattr__(self, "classes", tuple(int(c) for c in classes))
 
-    def describe_classes(self) -> str:
-        """The classes as a reason names them: ``"40"`` or ``"40, 41"``."""
-        return ", ".join(str(c) for c in self.classes)
+    def describe_source(self) -> str:
+        """What counted as cropland, as a reason names it.
+
+        ``"land cover classes 40"``, ``"land cover classes 40, 30"`` or ``"cropland
+        polygons"``.
+        """
+        if self.polygons:
+            return "cropland polygons"
+        return "land cover classes " + ", ".join(str(c) for c in self.classes)
+
+
+@dataclass(frozen=True)
+class CroplandParams:
+    """The optional land-cover filter: segments mostly off cropland are set aside, with why.
+
+    Automatic segmentation draws forest patches, lakes and villages as well as fields;
+    the land cover is read by the ingest on the scenes' grid, the filter applied at the
+    merge (:func:`split_by_cropland`).
+    """
+
+    mask: str = field(
+        default="",
+        metadata={
+            "doc": "Land cover that says where cropland is: esa-worldcover (from the STAC "
+            "API), or a categorical raster or a polygon file (polygons are cropland), path "
+            "or URL; empty: keep every segment."
+        },
+    )
+    min_share: float = field(
+        default=DEFAULT_MIN_SHARE,
+        metadata={"doc": "Segments with less of their area on cropland are set aside."},
+    )
+    classes: tuple[int, ...] = field(
+        default=(WORLDCOVER_CROPLAND,),
+        metadata={
+            "doc": "Raster classes that count as cropland (WorldCover: 40 cropland; 30 "
+            "grassland adds pasture); comma-separated."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        share = self.min_share
+        if not (isinstance(share, int | float) and math.isfinite(share) and 0 <= share <= 1):
+            raise InputError(f"cropland_min_share must be in [0, 1], got {share!r}")
+        try:
+            CroplandFilter(classes=self.classes)
+        except InputError:
+            raise InputError(
+                f"cropland_classes must be one or more integer classes, got {self.classes!r}"
+            ) from None
+        check_classes_apply(self.mask, self.classes)
+
+    @property
+    def filter(self) -> CroplandFilter:
+        """The filter the merge applies (its reason names the classes or the polygons)."""
+        return CroplandFilter(
+            min_share=float(self.min_share),
+            classes=self.classes,
+            polygons=is_polygon_source(self.mask),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,10 +214,7 @@ def set_aside_reason(share: float, params: CroplandFilter) -> str:
     never reads as equal to it (0.499 shows as ``0.49 < 0.5``).
     """
     shown = math.floor(share * 100.0) / 100.0
-    return (
-        f"cropland share {shown:.2f} < {params.min_share:g} "
-        f"(land cover classes {params.describe_classes()})"
-    )
+    return f"cropland share {shown:.2f} < {params.min_share:g} ({params.describe_source()})"
 
 
 def _cropland_under_box(

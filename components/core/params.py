@@ -26,8 +26,9 @@ from typing import Any, Literal, TypeVar, get_args
 
 from components.core.area import DEFAULT_MAX_AREA_KM2
 from components.core.chips import DEFAULT_SPATIAL_OVERLAP, chip_step
-from components.core.fields import CroplandParams, FieldCleaning
+from components.core.fields import FieldCleaning
 from components.core.geometry import UPSAMPLE_FACTORS
+from components.core.landcover import CroplandParams
 from components.core.merge import DEFAULT_MASK_NMS_THR
 from components.core.radiometry import STRETCH_MODES, StretchMode
 from components.core.records import to_record

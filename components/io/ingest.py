@@ -36,7 +36,7 @@ from rasterio.enums import Resampling
 from rasterio.features import geometry_mask
 
 from components.core.area import Area, Grid, area_grid, parse_area, project
-from components.core.landcover import WORLDCOVER_CROPLAND
+from components.core.landcover import WORLDCOVER_CROPLAND, check_classes_apply
 from components.core.params import SearchParams
 from components.core.scene_choice import (
     SCL_ASSET,
@@ -100,7 +100,7 @@ class IngestParams:
     """Planetary Computer subscription key; only ever sent to the SAS endpoint."""
     cropland_mask: str = ""
     """Land cover read onto the grid for the cropland filter
-    (:data:`~components.core.fields.CroplandParams.mask`); empty: none."""
+    (:data:`~components.core.landcover.CroplandParams.mask`); empty: none."""
     cropland_classes: tuple[int, ...] = (WORLDCOVER_CROPLAND,)
     """Raster classes that are cropland."""
     windows: tuple[TimeRange, ...] = ()
@@ -157,6 +157,7 @@ def ingest_params(
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InputError(f"stac_url must be an http(s) URL, got {url!r}")
     check_cropland_source(cropland_mask)
+    check_classes_apply(cropland_mask, cropland_classes)
     windows = (time_range,) if isinstance(time_range, TimeRange) else tuple(time_range)
     if not windows:
         raise InputError("no time range: give dates, a lookback or windows")

@@ -40,7 +40,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from components.core.landcover import WORLDCOVER_CROPLAND, cropland_of
+from components.core.landcover import WORLDCOVER_CROPLAND, cropland_of, is_polygon_source
 from components.errors import InputError, ServiceError
 from components.io.mosaic import GDAL_READ_OPTIONS, STRIP_ROWS
 from components.io.network import NetworkOptions, redact, with_retries
@@ -50,8 +50,6 @@ logger = logging.getLogger(__name__)
 
 WORLDCOVER_COLLECTION = "esa-worldcover"
 WORLDCOVER_ASSET = "map"
-VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".parquet", ".geoparquet", ".fgb", ".shp")
-"""Land cover given as polygons (cropland); any other file is read as a raster."""
 WARP_TOLERANCE_PX = 1e-6
 """Error allowed in the warp's transformation (GDAL's default 0.125 px shifts class edges)."""
 MAX_WORLDCOVER_ITEMS = 64
@@ -102,19 +100,21 @@ def cropland_on_grid(
 
     Args:
         source: A local path or URL of a categorical raster (``classes`` are cropland), or
-            of a vector file (suffix in :data:`VECTOR_SUFFIXES`) whose polygons are cropland.
+            of a polygon file (:func:`~components.core.landcover.is_polygon_source`)
+            whose polygons are cropland.
         crs: The grid's CRS (anything rasterio takes).
         transform: The grid's north-up affine transform.
         height: Grid rows.
         width: Grid columns.
-        classes: Cropland classes of a raster (ignored for polygons).
+        classes: Cropland classes of a raster (callers refuse others than the default
+            for polygons: :func:`~components.core.landcover.check_classes_apply`).
         network: Timeouts and retries of a URL's range reads.
 
     Raises:
         InputError: The source is missing, unreadable, has no CRS or does not cover the grid.
     """
     grid = TargetGrid(crs, Affine(*tuple(transform)[:6]), int(height), int(width))
-    if _is_vector(source):
+    if is_polygon_source(str(source)):
         return _vector_cropland(str(source), grid)
     what = "land cover raster"
     cropland, missing = mosaic_cropland([str(source)], grid, classes, what, network)
@@ -170,11 +170,6 @@ def check_covered(missing: NDArray[np.bool_], what: str) -> None:
             f"{what} does not cover the area: {n} of {missing.size} pixels ({share:.1f}%) "
             "lie outside it or on its nodata"
         )
-
-
-def _is_vector(source: str | Path) -> bool:
-    name = str(source).split("?", 1)[0].lower()
-    return name.endswith(VECTOR_SUFFIXES)
 
 
 def _is_local(source: str) -> bool:

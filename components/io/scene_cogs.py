@@ -10,6 +10,7 @@ segmentation steps find the scenes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -330,10 +331,27 @@ def write_cropland(out: Path, grid: Grid, cropland: NDArray[np.bool_]) -> Path:
 
 
 def read_cropland(scenes_dir: Path) -> NDArray[np.bool_] | None:
-    """The cropland mask the ingest wrote (its manifest names it); ``None`` without one."""
+    """The cropland mask the ingest wrote (its manifest names it); ``None`` without one.
+
+    Read-only and read once for as long as the file is unchanged: the merge of every
+    acquisition and the fused layer ask for it, and on a full tile it is 120 Mpixel.
+    """
     manifest = json.loads((Path(scenes_dir) / MANIFEST_NAME).read_text())
     entry = manifest.get("cropland")
     if not entry:
         return None
-    with rasterio.open(Path(scenes_dir) / entry["file"]) as src:
-        return np.asarray(src.read(1) != 0)
+    path = (Path(scenes_dir) / entry["file"]).resolve()
+    stat = path.stat()
+    return _read_cropland_file(str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_cropland_file(path: str, inode: int, mtime_ns: int, size: int) -> NDArray[np.bool_]:
+    """The file's cropland, cached per file contents.
+
+    ``inode`` (a rewrite replaces the file), ``mtime_ns`` and ``size`` key the cache.
+    """
+    with rasterio.open(path) as src:
+        cropland = np.asarray(src.read(1) != 0)
+    cropland.setflags(write=False)  # shared by every caller
+    return cropland

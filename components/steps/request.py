@@ -14,7 +14,8 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from components.core.fields import CroplandParams, FieldCleaning
+from components.core.fields import FieldCleaning
+from components.core.landcover import CroplandParams
 from components.core.params import (
     FIELD_PREFIX,
     KFP,

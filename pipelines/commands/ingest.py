@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from components.core.fields import CroplandParams
+from components.core.landcover import CroplandParams
 from components.core.params import RESAMPLINGS, DateWindow, PipelineRequest, SearchParams
 from components.core.scene_choice import STRATEGIES
 from components.core.search import DEFAULT_BANDS

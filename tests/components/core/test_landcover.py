@@ -11,9 +11,12 @@ from components.core.geometry import mask_box
 from components.core.landcover import (
     WORLDCOVER_CROPLAND,
     CroplandFilter,
+    CroplandParams,
+    check_classes_apply,
     cropland_of,
     cropland_share,
     cropland_shares,
+    is_polygon_source,
     set_aside_reason,
     split_by_cropland,
 )
@@ -58,7 +61,7 @@ def test_bad_classes_are_named(classes):
 def test_classes_become_a_tuple_of_ints():
     params = CroplandFilter(min_share=0, classes=[np.uint8(40), 41])  # type: ignore[arg-type]
     assert params.classes == (40, 41) and all(type(c) is int for c in params.classes)
-    assert params.min_share == 0 and params.describe_classes() == "40, 41"
+    assert params.min_share == 0 and params.describe_source() == "land cover classes 40, 41"
 
 
 def test_cropland_of_picks_the_classes():
@@ -195,3 +198,39 @@ def test_a_reason_never_rounds_up_to_the_threshold():
 def test_no_masks():
     assert split_by_cropland([], np.ones((2, 2), bool), CroplandFilter()) == ([], [])
     assert cropland_shares([], np.ones((2, 2), bool)).shape == (0,)
+
+
+def test_a_polygon_masks_reason_names_polygons_not_classes():
+    params = CroplandParams(mask="/data/parcels.gpkg").filter
+    assert params.polygons
+    assert set_aside_reason(0.2, params) == "cropland share 0.20 < 0.5 (cropland polygons)"
+    raster = CroplandParams(mask="/data/landcover.tif", classes=(40, 30)).filter
+    assert not raster.polygons
+    assert set_aside_reason(0.2, raster) == "cropland share 0.20 < 0.5 (land cover classes 40, 30)"
+
+
+@pytest.mark.parametrize(
+    ("source", "polygons"),
+    [
+        ("fields.geojson", True),
+        ("/x/Fields.GPKG", True),
+        ("https://example.org/crops.parquet?sig=abc", True),
+        ("esa-worldcover", False),
+        ("landcover.tif", False),
+        ("https://example.org/map.tif?sig=x.gpkg", False),
+        ("", False),
+    ],
+)
+def test_polygon_sources_are_known_by_their_suffix(source, polygons):
+    assert is_polygon_source(source) is polygons
+
+
+def test_raster_classes_for_a_polygon_file_are_refused_with_both_names():
+    with pytest.raises(
+        InputError,
+        match=r"cropland_classes \[40, 30\] apply to a land-cover "
+        r"raster, but cropland_mask '/d/fields\.gpkg' is a polygon file",
+    ):
+        CroplandParams(mask="/d/fields.gpkg", classes=(40, 30))
+    check_classes_apply("/d/fields.gpkg", (WORLDCOVER_CROPLAND,))  # the default: fine
+    check_classes_apply("/d/landcover.tif", (7,))  # a raster's own classes: fine

@@ -356,6 +356,26 @@ def test_worldcover_cropland_is_read_onto_the_scenes_grid(stac, tmp_path):
     assert 0 < cropland.mean() < 1  # the generated forest, water and village are not cropland
 
 
+def test_the_cropland_is_read_once_and_again_when_the_ingest_rewrites_it(tmp_path):
+    from components.core.area import Grid
+    from components.io.scene_cogs import read_cropland, write_cropland
+
+    grid = Grid(32633, Affine(10, 0, 431250, 0, -10, 5412870), width=40, height=30)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"scenes": []}))
+    assert read_cropland(tmp_path) is None  # no cropland filter in this run
+    first = np.zeros((30, 40), dtype=bool)
+    first[5:20, 10:30] = True
+    write_cropland(tmp_path, grid, first)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"cropland": {"file": "cropland.tif"}}))
+    once = read_cropland(tmp_path)
+    assert once is not None
+    np.testing.assert_array_equal(once, first)
+    assert read_cropland(tmp_path) is once  # every merge and the fusion share one read
+    assert not once.flags.writeable  # so none of them can change it for the others
+    write_cropland(tmp_path, grid, ~first)  # a new file, even within one clock tick
+    np.testing.assert_array_equal(read_cropland(tmp_path), ~first)
+
+
 def test_a_cropland_raster_not_covering_the_area_fails_before_any_pixel(stac, tmp_path):
     from tests.fixtures.s2_world import write_cog
 
@@ -395,6 +415,16 @@ def test_a_missing_cropland_file_is_named_before_any_request(tmp_path):
         ingest_params(
             json.dumps(roi("single")), resolve_time_range(**MAY),
             stac_url="http://127.0.0.1:9", cropland_mask=str(tmp_path / "nope.tif"),
+        )  # fmt: skip
+
+
+def test_raster_classes_with_a_polygon_mask_are_refused_before_any_request(tmp_path):
+    polygons = tmp_path / "fields.geojson"
+    polygons.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    with pytest.raises(InputError, match=r"cropland_classes \[7\] apply to a land-cover raster"):
+        ingest_params(
+            json.dumps(roi("single")), resolve_time_range(**MAY),
+            stac_url="http://127.0.0.1:9", cropland_mask=str(polygons), cropland_classes=(7,),
         )  # fmt: skip
 
 
