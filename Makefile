@@ -13,15 +13,25 @@ STAMP  := $(VENV)/.installed-$(EXTRAS)
 # Debian packages the tests need (tools/system_deps.sh installs them, or says how)
 DEBIAN_PACKAGES := postgresql postgresql-15-postgis-3 podman buildah runc debootstrap
 
-.PHONY: install system-deps test lint typecheck unit format run compile clean images push
+.PHONY: install sam2 system-deps test lint typecheck unit format run compile clean images push
 
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	case ",$(EXTRAS)," in *,export,*) $(MAKE) --no-print-directory sam2 ;; esac
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
+
+# sam2 (the [export] extra's SAM 2 reference) is an sdist whose build imports torch:
+# build it against this venv's torch (--no-build-isolation; pip's isolated build would
+# fetch another torch) and without its optional CUDA extension (SAM2_BUILD_CUDA=0).
+# The extra's own `pip install` then finds it installed. Pin: setup.cfg, [export].
+SAM2_PIN := $(shell sed -n 's/^ *\(sam2==[0-9.]*\).*/\1/p' setup.cfg)
+sam2:
+	$(BIN)/python -m pip install --quiet setuptools wheel "torch>=2.2" "torchvision>=0.17"
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation "$(SAM2_PIN)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -282,12 +282,14 @@ def export_sam(
 
     Args:
         model: The registered version's manifest, with name/version/uri as metadata.
-        model_type: vit_b, vit_l or vit_h (vit_tiny for tests).
+        model_type: vit_b, vit_l or vit_h (SAM); sam2.1_hiera_tiny, _small, _base_plus
+            or _large (SAM 2.1; sam2_hiera_* for SAM 2.0); vit_tiny for tests.
         checkpoint: Checkpoint path inside the container; empty: the official download.
         random_weights: Seeded random weights (tests and benchmarks only).
         seed: Seed for random_weights.
-        fp16: Also export an fp16 encoder for GPUs.
-        int8: Also make an int8 encoder for CPUs, kept when its masks agree with fp32.
+        fp16: Also export an fp16 encoder for GPUs (SAM only).
+        int8: Also make an int8 encoder for CPUs, kept when its masks agree with fp32
+            (SAM only).
         alias: Alias to point at the new version; empty: champion, which random
             weights never take unless named here.
         model_name: Registered model name; empty: sam-<model_type>.

@@ -30,6 +30,9 @@ RUN --mount=type=bind,source=.,target=/mnt/src \
     if [ -n "$TORCH_INDEX_URL" ]; then \
         /opt/s2sam/bin/pip install --quiet --index-url "$TORCH_INDEX_URL" torch torchvision; \
     fi; \
+    /opt/s2sam/bin/pip install --quiet setuptools wheel torch torchvision; \
+    sam2="$(sed -n 's/^ *\(sam2==[0-9.]*\).*/\1/p' /tmp/src/setup.cfg)"; \
+    SAM2_BUILD_CUDA=0 /opt/s2sam/bin/pip install --quiet --no-build-isolation "$sam2"; \
     /opt/s2sam/bin/pip install --quiet "/tmp/src[cpu,export]"; \
     installed="$(/opt/s2sam/bin/s2sam --version)"; \
     if [ -n "$S2SAM_VERSION" ] && [ "$installed" != "s2sam $S2SAM_VERSION" ]; then \

@@ -88,6 +88,21 @@ ARCHITECTURES: dict[str, SamArchitecture] = {
 PUBLISHED_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 
 
+def export_model_types() -> list[str]:
+    """Every model type ``s2sam export-model`` takes: SAM's and SAM 2's."""
+    from model_export.sam2_family import SAM2_ARCHITECTURES
+
+    return sorted(ARCHITECTURES) + sorted(SAM2_ARCHITECTURES)
+
+
+def check_model_type(model_type: str) -> None:
+    """A model type the export knows, else an error listing them (before any work)."""
+    if model_type not in export_model_types():
+        raise InputError(
+            f"unknown model type {model_type!r}: expected one of {export_model_types()}"
+        )
+
+
 def get_architecture(model_type: str) -> SamArchitecture:
     """The architecture called ``model_type``, or a ValueError listing the known ones."""
     try:

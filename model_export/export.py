@@ -61,6 +61,8 @@ from model_export.parity import (
     parity_images,
 )
 from model_export.quantize import calibration_chips, quantize_encoder
+from model_export.sam2_export import run_sam2_export
+from model_export.sam2_family import SAM2_ARCHITECTURES, Sam2Architecture
 from model_export.weights import WeightsInfo, WeightsSource, resolve_weights
 
 if TYPE_CHECKING:
@@ -103,7 +105,7 @@ class ExportedModel:
 
 def _versions() -> dict[str, str]:
     out = {"s2-sam-pipelines": __version__}
-    for dist in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "segment-anything"):
+    for dist in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "segment-anything", "sam2"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -117,6 +119,18 @@ def file_table(directory: Path) -> dict[str, dict[str, Any]]:
         p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
         for p in sorted(directory.iterdir())
         if p.is_file() and p.name != MANIFEST_NAME
+    }
+
+
+def upscale_entry() -> dict[str, Any]:
+    """The manifest entry of the logits resampler, the same in every family."""
+    return {
+        "file": UPSCALE_FILE,
+        "inputs": {
+            "logits": {"shape": ["masks", "h", "w"], "dtype": "float32"},
+            "size": {"shape": [2], "dtype": "int64"},
+        },
+        "outputs": {"resized": {"shape": ["masks", "out_h", "out_w"], "dtype": "float32"}},
     }
 
 
@@ -135,14 +149,7 @@ def _graph_table(arch: SamArchitecture, fp16: bool) -> dict[str, Any]:
             "file": DECODER_POINTS_FILE,
             **decoder_contract(arch, upsample=False, mask_input=False),
         },
-        "upscale": {
-            "file": UPSCALE_FILE,
-            "inputs": {
-                "logits": {"shape": ["masks", "h", "w"], "dtype": "float32"},
-                "size": {"shape": [2], "dtype": "int64"},
-            },
-            "outputs": {"resized": {"shape": ["masks", "out_h", "out_w"], "dtype": "float32"}},
-        },
+        "upscale": upscale_entry(),
     }
     if fp16:
         graphs["encoder_fp16"] = {"file": ENCODER_FP16_FILE, **encoder_contract(arch)}
@@ -192,7 +199,7 @@ def _checked_parity(
 
 
 def _manifest(
-    arch: SamArchitecture,
+    arch: SamArchitecture | Sam2Architecture,
     weights: WeightsInfo,
     work: Path,
     graphs: dict[str, Any],
@@ -284,6 +291,11 @@ class ExportOptions:
     parity_tolerances: ParityTolerances | None = None
 
 
+def _check_output_dir(output_dir: Path) -> None:
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise InputError(f"output directory {output_dir} exists and is not empty")
+
+
 def run_export(
     model_type: str,
     output_dir: Path,
@@ -292,7 +304,7 @@ def run_export(
     *,
     cache_dir: Path | None = None,
 ) -> ExportedModel:
-    """Export, parity-check and describe one SAM model in ``output_dir``.
+    """Export, parity-check and describe one SAM or SAM 2 model in ``output_dir``.
 
     The directory is built in a temporary sibling and renamed into place only when
     parity passes, so a failed export never leaves a half-written model behind.
@@ -301,11 +313,13 @@ def run_export(
         ValueError: Unknown model type or unusable weights source (before any work).
         ExportError: The export or its parity check failed.
     """
-    arch = get_architecture(model_type)
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise InputError(f"output directory {output_dir} exists and is not empty")
     options = options or ExportOptions()
+    if model_type in SAM2_ARCHITECTURES:  # the one place the export chooses a family
+        _check_output_dir(output_dir)
+        return run_sam2_export(model_type, output_dir, weights, options, cache_dir)
+    arch = get_architecture(model_type)
+    _check_output_dir(output_dir)
     for raster in options.calibration:
         if not Path(raster).is_file():
             raise InputError(f"calibration raster {raster} does not exist")

@@ -25,11 +25,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class OfficialCheckpoint:
-    """A checkpoint published with segment-anything, and its known digest."""
+    """A published checkpoint, and its known digest and size.
+
+    ``sha256`` is ``None`` where the publisher gives none (SAM 2): the download is then
+    checked against the server's length, and the caller loads it strictly.
+    """
 
     url: str
-    sha256: str
+    sha256: str | None
     size: int
+    """Bytes, for the progress line (0: unknown)."""
 
 
 OFFICIAL_CHECKPOINTS: dict[str, OfficialCheckpoint] = {
@@ -83,6 +88,33 @@ def _stderr_progress(done: int, total: int) -> None:
     )
 
 
+def _fetch_into(
+    official: OfficialCheckpoint, part: Path, timeout: float, progress: ProgressFn | None
+) -> None:
+    """One attempt: append to ``part`` from where it ends (HTTP range), to the end.
+
+    A body shorter than the server's ``Content-Length`` is an error (retried), so a
+    checkpoint without a published digest is never taken from a cut connection.
+    """
+    done = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(official.url)
+    if done:
+        request.add_header("Range", f"bytes={done}-")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        if done and response.status != 206:  # server ignored the range: start over
+            done = 0
+        length = response.headers.get("Content-Length")
+        total = done + int(length) if length and length.isdigit() else None
+        with open(part, "ab" if done else "wb") as out:
+            while block := response.read(1 << 20):
+                out.write(block)
+                done += len(block)
+                if progress:
+                    progress(done, total or official.size)
+    if total is not None and done != total:  # the connection closed early
+        raise ConnectionError(f"got {done} of {total} bytes")
+
+
 def download_checkpoint(
     official: OfficialCheckpoint,
     cache_dir: Path,
@@ -101,25 +133,13 @@ def download_checkpoint(
     name = official.url.rsplit("/", 1)[-1]
     final = cache_dir / name
     if final.exists():
-        if file_sha256(final) == official.sha256:
+        if official.sha256 is None or file_sha256(final) == official.sha256:
             return final
         final.unlink()
     part = cache_dir / f"{name}.part"
 
     def attempt() -> None:
-        done = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(official.url)
-        if done:
-            request.add_header("Range", f"bytes={done}-")
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            if done and response.status != 206:  # server ignored the range: start over
-                done = 0
-            with open(part, "ab" if done else "wb") as out:
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, official.size)
+        _fetch_into(official, part, timeout, progress)
 
     def give_up(err: BaseException, attempts: int) -> ServiceError:
         return ServiceError(
@@ -129,7 +149,7 @@ def download_checkpoint(
     network = NetworkOptions(timeout_s=timeout, retries=max(0, retries - 1), backoff_s=1.0)
     with_retries(attempt, network, f"download of {official.url}", give_up=give_up)
     digest = file_sha256(part)
-    if digest != official.sha256:
+    if official.sha256 is not None and digest != official.sha256:
         part.unlink()
         raise IntegrityError(
             f"downloaded {official.url} has sha256 {digest}, expected {official.sha256}; "
@@ -139,8 +159,11 @@ def download_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, arch: SamArchitecture) -> Sam:
-    """Build ``arch`` and load a checkpoint file into it (tensors only, never pickled code)."""
+def read_state_dict(path: Path) -> dict[str, Any]:
+    """A checkpoint file's tensors, never pickled code; errors name the file.
+
+    The official SAM 2 files wrap the state dict in a ``model`` key: unwrapped.
+    """
     import torch
 
     if not path.is_file():
@@ -153,8 +176,11 @@ def load_checkpoint(path: Path, arch: SamArchitecture) -> Sam:
         state = state["model"]
     if not isinstance(state, dict):
         raise InputError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    sam = build_sam(arch)
-    expected = sam.state_dict()
+    return state
+
+
+def check_fits(state: dict[str, Any], expected: dict[str, Any], path: Path, name: str) -> None:
+    """Every tensor of the model in the checkpoint, with its shape, and nothing else."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(
@@ -173,8 +199,15 @@ def load_checkpoint(path: Path, arch: SamArchitecture) -> Sam:
         if unexpected:
             details.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
         raise InputError(
-            f"checkpoint {path} does not fit model type {arch.name!r}: " + "; ".join(details)
+            f"checkpoint {path} does not fit model type {name!r}: " + "; ".join(details)
         )
+
+
+def load_checkpoint(path: Path, arch: SamArchitecture) -> Sam:
+    """Build ``arch`` and load a checkpoint file into it (tensors only, never pickled code)."""
+    state = read_state_dict(path)
+    sam = build_sam(arch)
+    check_fits(state, sam.state_dict(), path, arch.name)
     sam.load_state_dict(state)
     sam.eval()
     return sam
@@ -212,6 +245,18 @@ class WeightsSource:
     random_weights: bool = False
     seed: int | None = None
 
+    def checked_seed(self) -> int | None:
+        """The seed of random weights, ``None`` for a file; contradictions refused."""
+        if self.random_weights:
+            if self.checkpoint is not None:
+                raise InputError("give either a checkpoint or --random-weights, not both")
+            if self.seed is None:
+                raise InputError("--random-weights needs --seed N so the weights are reproducible")
+            return self.seed
+        if self.seed is not None:
+            raise InputError("--seed only applies with --random-weights")
+        return None
+
     @classmethod
     def from_parameters(cls, checkpoint: str, random_weights: bool, seed: int) -> WeightsSource:
         """From Kubeflow parameters, where "" and a seed without random weights mean unset."""
@@ -227,15 +272,9 @@ def resolve_weights(
 ) -> tuple[Sam, WeightsInfo]:
     """Load the model from exactly one weights source and describe that source."""
     source = source or WeightsSource()
-    checkpoint, random_weights, seed = source.checkpoint, source.random_weights, source.seed
-    if random_weights:
-        if checkpoint is not None:
-            raise InputError("give either a checkpoint or --random-weights, not both")
-        if seed is None:
-            raise InputError("--random-weights needs --seed N so the weights are reproducible")
-        return random_sam(arch, seed), WeightsInfo("random", f"seed={seed}", None, seed)
+    checkpoint, seed = source.checkpoint, source.checked_seed()
     if seed is not None:
-        raise InputError("--seed only applies with --random-weights")
+        return random_sam(arch, seed), WeightsInfo("random", f"seed={seed}", None, seed)
     if checkpoint is not None:
         path = Path(checkpoint).expanduser().resolve()
         sam = load_checkpoint(path, arch)

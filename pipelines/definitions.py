@@ -212,14 +212,16 @@ def export_sam(
     """Register a SAM model version from inside the cluster.
 
     Args:
-        model_type: vit_b, vit_l or vit_h.
+        model_type: vit_b, vit_l or vit_h (SAM); sam2.1_hiera_tiny, sam2.1_hiera_small,
+            sam2.1_hiera_base_plus or sam2.1_hiera_large (SAM 2.1; sam2_hiera_* for the
+            SAM 2.0 weights).
         checkpoint: Checkpoint path inside the export container; empty: the official
-            checkpoint, downloaded and sha256-checked.
+            checkpoint, downloaded and sha256-checked (SAM 2: its digest recorded).
         random_weights: Seeded random weights (tests and benchmarks only).
         seed: Seed for random_weights.
-        fp16: Also export an fp16 encoder for GPUs.
+        fp16: Also export an fp16 encoder for GPUs (SAM only).
         int8: Also make an int8 encoder for CPUs (calibrated on seeded field-like
-            mosaics), kept only when its masks agree with fp32's.
+            mosaics), kept only when its masks agree with fp32's (SAM only).
         alias: Alias for the new version; empty: champion (never for random weights).
         model_name: Registered model name; empty: sam-<model_type>.
     """

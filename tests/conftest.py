@@ -70,6 +70,19 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sam2_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SAM 2.1 Hiera tiny with seeded random weights, through the real export path."""
+    pytest.importorskip("torch", reason="model export needs the [export] extra (torch)")
+    pytest.importorskip("sam2", reason="SAM 2 export needs the sam2 package ([export] extra)")
+    from model_export.export import run_export
+    from model_export.weights import WeightsSource
+
+    out = tmp_path_factory.mktemp("sam2") / "model"
+    run_export("sam2.1_hiera_tiny", out, WeightsSource(random_weights=True, seed=0))
+    return out
+
+
+@pytest.fixture(scope="session")
 def fields_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The SAM trained on synthetic fields (tests/data/fields), through the real export path,
     with an int8 encoder calibrated on a training-seed scene (never a held-out one)."""

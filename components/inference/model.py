@@ -102,17 +102,34 @@ def load_model(resolved: ResolvedModel, engine: Engine | None = None) -> Segment
     Raises:
         InputError: A model family this version of the package cannot run.
     """
+    check_runnable(resolved)
     if engine is not None and engine.precision in ("bf16", "int8"):
         check_measured_agreement(resolved, engine.precision)
-    family = str(resolved.manifest.get("family", "sam"))
-    if family == "sam":
-        from components.inference.onnx_sam import SamModel
+    from components.inference.onnx_sam import SamModel
 
-        return SamModel.from_resolved(resolved, engine)
-    raise InputError(
-        f"model {resolved.name} version {resolved.version} is a {family!r} model; this "
-        "version of s2-sam-pipelines runs SAM models only"
-    )
+    return SamModel.from_resolved(resolved, engine)
+
+
+RUNNABLE_FAMILIES = ("sam",)
+"""Model families :func:`load_model` has an implementation for."""
+
+
+def check_runnable(resolved: ResolvedModel) -> None:
+    """Refuse a model of a family no runtime here implements (resolve time, before work).
+
+    Raises:
+        InputError: Names the model, its family and what runs.
+    """
+    from components.io.model_files import manifest_family
+
+    family = manifest_family(resolved.manifest)
+    if family not in RUNNABLE_FAMILIES:
+        raise InputError(
+            f"model {resolved.name} version {resolved.version} is a {family!r} model "
+            f"({resolved.manifest.get('model_type')}); this version of s2-sam-pipelines "
+            f"segments with {', '.join(RUNNABLE_FAMILIES)} models only (SAM 2 models can be "
+            "exported and registered)"
+        )
 
 
 def check_measured_agreement(resolved: ResolvedModel, precision: str) -> None:

@@ -34,6 +34,8 @@ TAG_KIND = "s2sam.kind"
 KIND = "sam-onnx"
 TAG_SHA = "s2sam.sha256."
 """Version tag prefix: ``s2sam.sha256.<file>`` holds the registered digest of each file."""
+TAG_FAMILY = "s2sam.family"
+"""Version tag: the model family (``sam``, ``sam2``), which runtime can load it."""
 RECORD_NAME = ".s2sam-registry.json"
 """In a cached copy: what the registry said about it when it was fetched (for offline use)."""
 
@@ -147,6 +149,11 @@ def verified_manifest(
     return manifest
 
 
+def manifest_family(manifest: dict[str, Any]) -> str:
+    """The model family a manifest describes (manifests from before families: ``sam``)."""
+    return str(manifest.get("family", "sam"))
+
+
 def version_tags(manifest: dict[str, Any], manifest_sha256: str) -> dict[str, str]:
     """The registry's version tags of an exported model: its facts and every file's sha256.
 
@@ -156,6 +163,7 @@ def version_tags(manifest: dict[str, Any], manifest_sha256: str) -> dict[str, st
     tags = {
         TAG_KIND: KIND,
         "s2sam.format": manifest["format"],
+        TAG_FAMILY: manifest_family(manifest),
         "s2sam.model_type": manifest["model_type"],
         "s2sam.weights": weights["kind"],
         "s2sam.weights_source": str(weights["source"]),

@@ -37,6 +37,7 @@ from components.io.files import cache_dir, data_dir, file_sha256
 from components.io.model_files import (
     KIND,
     MANIFEST_NAME,
+    TAG_FAMILY,
     TAG_KIND,
     TAG_SHA,
     ResolvedModel,
@@ -252,9 +253,9 @@ def _log_export_run(
     )
     run_id = run.info.run_id
     try:
-        arch = manifest["architecture"]
-        for key in ("encoder_embed_dim", "encoder_depth", "prompt_embed_dim", "image_size"):
-            mlflow_client.log_param(run_id, key, arch[key])
+        for key, value in sorted(manifest["architecture"].items()):
+            if isinstance(value, str | int | float):
+                mlflow_client.log_param(run_id, key, value)
         mlflow_client.log_param(run_id, "weights", manifest["weights"]["kind"])
         for report in manifest.get("parity", []):
             graph = str(report["graph"]).removesuffix(".onnx")
@@ -274,7 +275,7 @@ def _ensure_registered_model(mlflow_client: Any, uri: str, name: str, model_type
         mlflow_client.create_registered_model(
             name,
             tags={TAG_KIND: KIND, "s2sam.model_type": model_type},
-            description=f"SAM {model_type} as ONNX encoder/decoder (s2-sam-pipelines)",
+            description=f"Segment Anything {model_type} as ONNX graphs (s2-sam-pipelines)",
         )
 
 
@@ -387,6 +388,8 @@ class ModelVersionInfo:
     weights_source: str
     created: str
     precisions: str = "fp32"
+    family: str = "sam"
+    """``sam`` (SAM) or ``sam2`` (SAM 2 / 2.1); versions registered before families: sam."""
 
 
 def list_models(tracking: str | None = None) -> list[ModelVersionInfo]:
@@ -411,6 +414,6 @@ def list_models(tracking: str | None = None) -> list[ModelVersionInfo]:
                 model.name, str(mv.version), tuple(sorted(aliases_of.get(str(mv.version), []))),
                 tags.get("s2sam.model_type", "?"), tags.get("s2sam.weights", "?"),
                 tags.get("s2sam.weights_source", "?"), created.isoformat(timespec="seconds"),
-                tags.get("s2sam.precisions", "fp32"),
+                tags.get("s2sam.precisions", "fp32"), tags.get(TAG_FAMILY, "sam"),
             ))  # fmt: skip
     return out

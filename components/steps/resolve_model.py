@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.inference.model import check_runnable
 from components.io.registry import default_model_uri, resolve_model
 
 
@@ -14,6 +15,7 @@ def pin_model(model_uri: str, model_type: str) -> dict[str, Any]:
     """
     uri = model_uri or default_model_uri(model_type)
     resolved = resolve_model(uri)
+    check_runnable(resolved)  # a model no runtime here runs stops the run before the ingest
     pinned = uri if resolved.version is None else f"models:/{resolved.name}/{resolved.version}"
     return {
         **resolved.lineage,

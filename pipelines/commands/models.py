@@ -8,7 +8,10 @@ from typing import Any
 
 from components.errors import InputError
 
-MODEL_TYPES_HELP = "vit_b, vit_l, vit_h (published SAM models) or vit_tiny (tests)"
+MODEL_TYPES_HELP = (
+    "vit_b, vit_l, vit_h (SAM); sam2.1_hiera_tiny, sam2.1_hiera_small, sam2.1_hiera_base_plus, "
+    "sam2.1_hiera_large (SAM 2.1; sam2_hiera_* for SAM 2.0's weights); vit_tiny (tests)"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -93,12 +96,12 @@ def _band_indexes(text: str) -> tuple[int, ...]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from model_export.architectures import get_architecture
+    from model_export.architectures import check_model_type
     from model_export.export import ExportOptions
     from model_export.register import export_and_register
     from model_export.weights import WeightsSource
 
-    get_architecture(args.model_type)  # unknown type: clear error before any work
+    check_model_type(args.model_type)  # unknown type: clear error before any work
     if args.seed is not None and not args.random_weights:
         raise InputError("--seed only applies with --random-weights")
     if args.random_weights and args.seed is None:
@@ -151,12 +154,16 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no SAM models registered in {redact(tracking_uri())}")
         return 0
-    header = ("NAME", "VERSION", "ALIASES", "TYPE", "WEIGHTS", "SOURCE", "CREATED", "PRECISIONS")
+    header = (
+        "NAME", "VERSION", "ALIASES", "FAMILY", "TYPE", "WEIGHTS", "SOURCE", "CREATED",
+        "PRECISIONS",
+    )  # fmt: skip
     table = [header] + [
         (
             r.name,
             r.version,
             ",".join(r.aliases) or "-",
+            r.family,
             r.model_type,
             r.weights,
             r.weights_source,

@@ -2,6 +2,7 @@ import hashlib
 import http.server
 import threading
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -31,6 +32,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     blob = b""
     failures = 0
+    cuts = 0
+    """Responses that announce the whole body, send half of it and close."""
     honour_range = True
     requests: ClassVar[list[str | None]] = []
 
@@ -52,6 +55,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = cls.blob[start:]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if cls.cuts > 0:
+            cls.cuts -= 1
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
         self.wfile.write(body)
 
     def log_message(self, *args):
@@ -59,11 +67,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve(blob: bytes, failures: int = 0, honour_range: bool = True):
+def serve(blob: bytes, failures: int = 0, honour_range: bool = True, cuts: int = 0):
     handler = type(
         "H",
         (_Handler,),
-        {"blob": blob, "failures": failures, "honour_range": honour_range, "requests": []},
+        {
+            "blob": blob,
+            "failures": failures,
+            "honour_range": honour_range,
+            "requests": [],
+            "cuts": cuts,
+        },
     )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -126,6 +140,18 @@ def test_download_with_a_wrong_digest_removes_the_file(tmp_path):
         with pytest.raises(IntegrityError, match="expected 0000"):
             download_checkpoint(bad, tmp_path, progress=None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_without_a_digest_a_cut_body_is_resumed_never_taken(tmp_path, monkeypatch):
+    monkeypatch.setattr("components.io.network.time.sleep", lambda s: None)
+    undigested = OfficialCheckpoint("", None, 0)
+    with serve(BLOB, cuts=1) as (url, handler):
+        path = download_checkpoint(replace(undigested, url=url), tmp_path, progress=None)
+    assert path.read_bytes() == BLOB  # the second request resumed where the cut left off
+    assert handler.requests == [None, f"bytes={len(BLOB) // 2}-"]
+    with serve(BLOB, cuts=10) as (url, _), pytest.raises(ServiceError, match="3 attempts"):
+        download_checkpoint(replace(undigested, url=url), tmp_path / "x", retries=3, progress=None)
+    assert not (tmp_path / "x" / "ckpt.pth").exists()
 
 
 def test_download_times_out_on_a_stalled_server(tmp_path):

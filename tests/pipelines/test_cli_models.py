@@ -64,21 +64,20 @@ def test_export_then_list_on_a_fresh_install(fresh_env, tmp_path):
     out = run("models", "list", env=fresh_env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[0].split()[:6] == ["NAME", "VERSION", "ALIASES", "TYPE", "WEIGHTS", "SOURCE"]
-    assert lines[1].split()[:6] == [
-        "sam-vit_tiny-test",
-        "2",
-        "candidate",
-        "vit_tiny",
-        "random",
-        "seed=1",
-    ]
-    assert lines[2].split()[:6] == ["sam-vit_tiny-test", "1", "-", "vit_tiny", "random", "seed=0"]
+    assert lines[0].split()[:7] == [
+        "NAME", "VERSION", "ALIASES", "FAMILY", "TYPE", "WEIGHTS", "SOURCE"
+    ]  # fmt: skip
+    assert lines[1].split()[:7] == [
+        "sam-vit_tiny-test", "2", "candidate", "sam", "vit_tiny", "random", "seed=1"
+    ]  # fmt: skip
+    assert lines[2].split()[:7] == [
+        "sam-vit_tiny-test", "1", "-", "sam", "vit_tiny", "random", "seed=0"
+    ]  # fmt: skip
     # the precisions each version may run in, with bf16's agreement measured at export
     assert lines[0].split()[-1] == "PRECISIONS"
     bf16 = backends.openvino_installed() and backends.openvino_bf16()
     for line in lines[1:]:
-        assert line.split()[7].rstrip(",") == "fp32"
+        assert line.split()[8].rstrip(",") == "fp32"
         assert ("mask IoU" in line.split("fp32, ")[-1]) == bf16, line
     assert ("bf16 vs fp32: embedding RMS error" in out_export) == bf16
     # version 2 was exported with --int8: measured, whether kept or not
