@@ -302,7 +302,9 @@ class PipelineRequest:
     search: SearchParams = SearchParams()
     settings: SegmentationSettings = SegmentationSettings("automatic")
     model_type: str = _doc(
-        "vit_b", "SAM model type (vit_b, vit_l, vit_h), for the default model_uri."
+        "vit_b",
+        "Model type for the default model_uri: vit_b, vit_l, vit_h (SAM); sam2.1_hiera_tiny, "
+        "_small, _base_plus, _large (SAM 2.1, prompted mode).",
     )
     model_uri: str = _doc(
         "",

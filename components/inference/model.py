@@ -64,6 +64,8 @@ class SegmentationModel(Protocol):
     """What every output records about the model (registered name, version, ...)."""
     default_batch_size: int
     """Chips per encoder call that suit the device."""
+    modes: tuple[str, ...]
+    """Segmentation modes this implementation runs (``prompted``, ``automatic``)."""
     encoder_calls: int
     encoded_images: int
     decoder_calls: int
@@ -92,30 +94,54 @@ class SegmentationModel(Protocol):
         """Low-res logits -> logits at ``original_size``, as the model's own postprocessing."""
         ...
 
+    def prompt_arrays(
+        self,
+        points: NDArray[np.floating],
+        labels: NDArray[np.integer],
+        box: tuple[float, float, float, float] | None,
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """One prompt set (continuous chip pixels) as this family's decoder reads it."""
+        ...
 
-def load_model(resolved: ResolvedModel, engine: Engine | None = None) -> SegmentationModel:
+    def single_mask(self, out: DecoderOutput) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """The family's single-mask answer of each set: ``(P, 1, L, L)`` logits, ``(P,)`` IoUs."""
+        ...
+
+
+def load_model(
+    resolved: ResolvedModel, engine: Engine | None = None, mode: str | None = None
+) -> SegmentationModel:
     """The implementation that runs ``resolved`` (verified files) with ``engine``.
 
     ``engine`` (:func:`~components.inference.backends.choose_engine`): the backend,
-    device and precision; default: the automatic choice for this machine.
+    device and precision; default: the automatic choice for this machine. ``mode``:
+    the segmentation mode the caller will run (checked against what the family runs).
 
     Raises:
-        InputError: A model family this version of the package cannot run.
+        InputError: A model family, or a mode of it, this version cannot run.
     """
-    check_runnable(resolved)
+    check_runnable(resolved, mode)
     if engine is not None and engine.precision in ("bf16", "int8"):
         check_measured_agreement(resolved, engine.precision)
+    from components.io.model_files import manifest_family
+
+    if manifest_family(resolved.manifest) == "sam2":  # the one place a family is chosen
+        from components.inference.onnx_sam2 import Sam2Model
+
+        return Sam2Model.from_resolved(resolved, engine)
     from components.inference.onnx_sam import SamModel
 
     return SamModel.from_resolved(resolved, engine)
 
 
-RUNNABLE_FAMILIES = ("sam",)
-"""Model families :func:`load_model` has an implementation for."""
+FAMILY_MODES = {"sam": ("prompted", "automatic"), "sam2": ("prompted",)}
+"""Model families :func:`load_model` has an implementation for, and the modes each runs.
+SAM 2's automatic mode must equal SAM2AutomaticMaskGenerator (``use_m2m``, its own
+hole filling), which is not built yet: refused rather than run with SAM's rules."""
 
 
-def check_runnable(resolved: ResolvedModel) -> None:
-    """Refuse a model of a family no runtime here implements (resolve time, before work).
+def check_runnable(resolved: ResolvedModel, mode: str | None = None) -> None:
+    """Refuse a model (or a mode of it) no runtime here implements, before any work.
 
     Raises:
         InputError: Names the model, its family and what runs.
@@ -123,13 +149,17 @@ def check_runnable(resolved: ResolvedModel) -> None:
     from components.io.model_files import manifest_family
 
     family = manifest_family(resolved.manifest)
-    if family not in RUNNABLE_FAMILIES:
+    what = (
+        f"model {resolved.name} version {resolved.version} is a {family!r} model "
+        f"({resolved.manifest.get('model_type')})"
+    )
+    modes = FAMILY_MODES.get(family)
+    if modes is None:
         raise InputError(
-            f"model {resolved.name} version {resolved.version} is a {family!r} model "
-            f"({resolved.manifest.get('model_type')}); this version of s2-sam-pipelines "
-            f"segments with {', '.join(RUNNABLE_FAMILIES)} models only (SAM 2 models can be "
-            "exported and registered)"
+            f"{what}; this version of s2-sam-pipelines runs {', '.join(FAMILY_MODES)} models"
         )
+    if mode is not None and mode not in modes:
+        raise InputError(f"{what}, which segments in {' and '.join(modes)} mode only, not {mode}")
 
 
 def check_measured_agreement(resolved: ResolvedModel, precision: str) -> None:

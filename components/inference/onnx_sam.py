@@ -17,14 +17,17 @@ from numpy.typing import NDArray
 
 from components.errors import InputError
 from components.inference.backends import Engine, choose_engine
-from components.inference.model import DecoderOutput
+from components.inference.model import DecoderOutput, prompt_arrays
+from components.inference.onnx_base import OnnxModelBase
 
 if TYPE_CHECKING:
-    from components.io.model_files import ResolvedModel
+    pass
 
 
-class SamModel:
+class SamModel(OnnxModelBase):
     """An exported SAM model loaded in ONNX Runtime, with call counters for tests."""
+
+    modes: tuple[str, ...] = ("prompted", "automatic")
 
     def __init__(
         self,
@@ -33,6 +36,7 @@ class SamModel:
         lineage: dict[str, Any] | None = None,
         engine: Engine | None = None,
     ) -> None:
+        super().__init__(directory, manifest, lineage, engine)
         graphs = manifest["graphs"]
         arch = manifest["architecture"]
         self.manifest = manifest
@@ -74,9 +78,6 @@ class SamModel:
         self.default_batch_size = 8 if self.engine.on_gpu else 1
         """Chips per encoder call: batching pays on a GPU, not on a CPU (same chips/s)."""
         self._device_embedding: tuple[NDArray[np.float32], Any] | None = None
-        self.encoder_calls = 0
-        self.encoded_images = 0
-        self.decoder_calls = 0
 
     def _encoder_key(self, graphs: dict[str, Any]) -> str:
         """The encoder graph for the engine's precision: fp16 and int8 have their own."""
@@ -91,23 +92,9 @@ class SamModel:
         # precision auto (on a GPU): the fp16 encoder when the model has one
         return "encoder_fp16" if precision == "auto" and "encoder_fp16" in graphs else "encoder"
 
-    @classmethod
-    def from_resolved(cls, model: ResolvedModel, engine: Engine | None = None) -> SamModel:
-        """Load a model resolved (and verified) by :func:`components.io.registry.resolve_model`."""
-        return cls(model.directory, model.manifest, model.lineage, engine)
-
     def encode(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         """Embed a batch of uint8 chips ``(B, 3, S, S)``."""
-        if images.ndim != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
-            raise ValueError(
-                f"encoder input must be (B, 3, {self.image_size}, {self.image_size}) uint8, "
-                f"got {images.shape} {images.dtype}"
-            )
-        self.encoder_calls += 1
-        self.encoded_images += images.shape[0]
-        out: NDArray[np.float32] = self._encoder.run(
-            None, {"images": np.ascontiguousarray(images, dtype=np.uint8)}
-        )[0]
+        out: NDArray[np.float32] = self._encoder.run(None, {"images": self._count_chips(images)})[0]
         return out
 
     def decode(
@@ -172,6 +159,19 @@ class SamModel:
         out: list[NDArray[Any]] = binding.copy_outputs_to_cpu()
         return out
 
+    def prompt_arrays(
+        self,
+        points: NDArray[np.floating],
+        labels: NDArray[np.integer],
+        box: tuple[float, float, float, float] | None,
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """SAM's layout (:func:`~components.inference.model.prompt_arrays`)."""
+        return prompt_arrays(points, labels, box)
+
+    def single_mask(self, out: DecoderOutput) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """SAM's single-mask output: output 0 of each set."""
+        return out.low_res_logits[:, :1], out.iou_predictions[:, 0]
+
     def upscale(
         self,
         low_res: NDArray[np.float32],
@@ -186,15 +186,3 @@ class SamModel:
         s = self.image_size
         up = self.resize(low_res, s, s)[..., : input_size[0], : input_size[1]]
         return self.resize(up, *original_size)
-
-    def resize(self, logits: NDArray[np.float32], out_h: int, out_w: int) -> NDArray[np.float32]:
-        """Bilinear resampling of ``(..., h, w)`` logits, as ``F.interpolate`` does it."""
-        if logits.shape[-2:] == (out_h, out_w):
-            return logits
-        lead = logits.shape[:-2]
-        flat = np.ascontiguousarray(logits, dtype=np.float32).reshape(-1, *logits.shape[-2:])
-        if flat.shape[0] == 0:
-            return np.zeros((*lead, out_h, out_w), np.float32)
-        size = np.array([out_h, out_w], dtype=np.int64)
-        out: NDArray[np.float32] = self._upscale.run(None, {"logits": flat, "size": size})[0]
-        return out.reshape(*lead, out_h, out_w)

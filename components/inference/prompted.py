@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from components.core import amg
 from components.core.params import PromptParams
 from components.core.prompts import PromptGroup
-from components.inference.model import SegmentationModel, prompt_arrays
+from components.inference.model import SegmentationModel
 
 MASK_THRESHOLD = 0.0
 
@@ -68,7 +68,7 @@ def segment_groups(
 ) -> list[GroupMask]:
     """One mask per group (chip coordinates), in the order of ``groups``."""
     params = params or PromptParams()
-    arrays = [prompt_arrays(g.points, g.labels, g.box) for g in groups]
+    arrays = [model.prompt_arrays(g.points, g.labels, g.box) for g in groups]
     buckets: dict[tuple[int, bool], list[int]] = {}
     for k, (coords, _) in enumerate(arrays):
         buckets.setdefault((len(coords), is_single_click(groups[k])), []).append(k)
@@ -99,15 +99,14 @@ def _decode_batch(
     out = model.decode(embedding, coords, labels)
     if single:
         best = 1 + np.argmax(out.iou_predictions[:, 1:], axis=1)
-    else:
-        best = np.zeros(len(arrays), dtype=np.intp)
-    rows = np.arange(len(arrays))
-    low = out.low_res_logits[rows, best][:, None]
-    iou = out.iou_predictions[rows, best]
+        rows = np.arange(len(arrays))
+        low = out.low_res_logits[rows, best][:, None]
+        iou = out.iou_predictions[rows, best]
+    else:  # the family's single-mask answer
+        low, iou = model.single_mask(out)
     for _ in range(params.refine_iterations):
         out = model.decode(embedding, coords, labels, mask_input=low)
-        low = out.low_res_logits[:, :1]
-        iou = out.iou_predictions[:, 0]
+        low, iou = model.single_mask(out)
     logits = model.upscale(low[:, 0], (size, size), (size, size))
     stability = amg.calculate_stability_score(logits, MASK_THRESHOLD, params.stability_score_offset)
     return [

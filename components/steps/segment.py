@@ -62,7 +62,7 @@ def segment_shard(
     execution = settings.execution
     if model is None:  # the engine first: a backend not installed fails before a download
         engine = choose_engine(execution.backend, execution.precision)
-        model = load_model(resolve_model(plan.model_uri), engine)
+        model = load_model(resolve_model(plan.model_uri), engine, settings.mode)
     cache = EmbeddingCache(cache_dir() / "embeddings") if execution.use_cache else None
     result = ShardResult(lineage=model.lineage)
     with rasterio.Env(GDAL_CACHEMAX=BLOCK_CACHE_MB[execution.in_memory]):

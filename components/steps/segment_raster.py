@@ -64,7 +64,7 @@ def segment_raster(
     uri = model_uri or default_model_uri(model_type)
     execution = settings.execution
     engine = choose_engine(execution.backend, execution.precision, providers)
-    model = load_model(resolve_model(uri), engine)
+    model = load_model(resolve_model(uri), engine, settings.mode)
     (shard,) = plan_segmentation(  # one shard: a scene always has a chip to segment
         [source], settings, prompts=prompts, chip_size=model.image_size, model_uri=uri
     )

@@ -12,6 +12,7 @@ import torch
 from components.errors import InputError
 from components.inference.backends import open_session
 from components.inference.model import load_model
+from components.inference.onnx_sam2 import Sam2Model
 from components.inference.sam2 import sam2_prompt_arrays
 from components.io.files import file_sha256
 from components.io.model_files import MANIFEST_NAME, read_manifest
@@ -151,13 +152,15 @@ def test_parity_fails_on_graphs_of_other_weights(sam2_export):
     assert not check_sam2_parity(random_sam2(TINY2, 0), TINY2, sam2_export, strict).passed
 
 
-def test_registered_with_its_family_and_refused_by_the_sam_runtime(sam2_export, local_registry):
+def test_registered_with_its_family_and_loaded_by_its_own_runtime(sam2_export, local_registry):
     registered = register_model(sam2_export, None, "champion", alias_explicit=True)
     assert registered.name == "sam-sam2.1_hiera_tiny"
     (row,) = list_models()
     assert (row.family, row.model_type) == ("sam2", "sam2.1_hiera_tiny")
     resolved = resolve_model("models:/sam-sam2.1_hiera_tiny@champion")
+    assert isinstance(load_model(resolved, mode="prompted"), Sam2Model)
     with pytest.raises(InputError, match=r"is a 'sam2' model \(sam2.1_hiera_tiny\)"):
-        load_model(resolved)
-    with pytest.raises(InputError, match="is a 'sam2' model"):  # a pipeline's first step
-        pin_model("", "sam2.1_hiera_tiny")
+        load_model(resolved, mode="automatic")
+    pinned = pin_model("", "sam2.1_hiera_tiny")  # a pipeline's first step
+    assert pinned["pinned_uri"] == "models:/sam-sam2.1_hiera_tiny/1"
+    assert pinned["chip_size"] == 1024

@@ -108,9 +108,8 @@ def test_auto_segment_s2_end_to_end(setup, tmp_path):
     assert_no_secret_in(out, result.stdout, result.stderr)
 
 
-def test_segment_s2_end_to_end(setup, tmp_path):
-    stac, area = setup
-    # two clicks inside the area, in lon/lat (RFC 7946)
+def two_clicks(folder: Path) -> Path:
+    """Two clicks inside the real sample's area, in lon/lat (RFC 7946), as a prompts file."""
     from pyproj import Transformer
 
     to_lonlat = Transformer.from_crs(32633, 4326, always_xy=True)
@@ -123,8 +122,14 @@ def test_segment_s2_end_to_end(setup, tmp_path):
         }
         for k, (x, y) in enumerate(clicks)
     ]
-    prompts = tmp_path / "prompts.geojson"
+    prompts = folder / "prompts.geojson"
     prompts.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return prompts
+
+
+def test_segment_s2_end_to_end(setup, tmp_path):
+    stac, area = setup
+    prompts = two_clicks(tmp_path)
     out = tmp_path / "prompted"
     started = time.perf_counter()
     result = s2sam(
@@ -139,6 +144,26 @@ def test_segment_s2_end_to_end(setup, tmp_path):
     # one non-empty band per prompt (random weights: masks are blobs, not fields)
     assert all(band.any() for band in bands)
     assert list(polygons["prompt_id"]) == ["field-0", "field-1"]
+
+
+def test_segment_s2_with_a_sam21_model(real_stac, sam2_export, local_registry, tmp_path):
+    """SAM 2.1 Hiera tiny through the real export, the registry and kfp.local (prompted)."""
+    register_model(sam2_export, None, "champion", alias_explicit=True)
+    area = tmp_path / "area.geojson"
+    area.write_text(json.dumps(real_roi()))
+    result = s2sam(
+        "run", "segment-s2", "--geometry", area, "--prompts", two_clicks(tmp_path), *DATES,
+        "--stac-url", real_stac.url, "--model-type", "sam2.1_hiera_tiny",
+        "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (seg,) = (tmp_path / "out" / "segmentation_mask").glob("*/segmentation.tif")
+    with rasterio.open(seg) as s:
+        assert s.tags()["s2sam_model_name"] == "sam-sam2.1_hiera_tiny"
+        bands = s.read()
+    assert bands.shape[0] == 2 and all(band.any() for band in bands)
+    (polygons,) = (tmp_path / "out" / "polygons").glob("*.parquet")
+    assert list(gpd.read_parquet(polygons)["prompt_id"]) == ["field-0", "field-1"]
 
 
 def test_segment_s2_marks_the_clicked_fields(stac, fields_export, local_registry, tmp_path):
