@@ -74,7 +74,7 @@ class EmbeddingCache:
         if not path.is_file():
             self.misses += 1
             return None
-        value = _read_entry(path, shape)
+        value = read_entry(path, shape)
         if value is None:
             self.rejected += 1
             self.misses += 1
@@ -86,32 +86,38 @@ class EmbeddingCache:
 
     def put(self, key: str, value: NDArray[np.float32]) -> None:
         """Store atomically (temp file + rename) with the checksum of the array's bytes."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        array = np.ascontiguousarray(value, dtype=np.float32)
-        digest = np.frombuffer(hashlib.sha256(array.tobytes()).digest(), dtype=np.uint8)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, embedding=array, sha256=digest)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self._evict()
-
-    def _evict(self) -> None:
-        files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.directory.rglob("*.npz")]
-        total = sum(size for _, size, _ in files)
-        for _, size, path in sorted(files):
-            if total <= self.max_bytes:
-                break
-            path.unlink(missing_ok=True)
-            total -= size
+        write_entry(self._path(key), value)
+        evict_oldest(self.directory, self.max_bytes)
 
 
-def _read_entry(path: Path, shape: tuple[int, ...]) -> NDArray[np.float32] | None:
-    """The entry's embedding if it is whole, of ``shape``, and matches its checksum."""
+def write_entry(path: Path, value: NDArray[np.float32]) -> None:
+    """One verified entry written through a temporary file and a rename (never half seen)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.ascontiguousarray(value, dtype=np.float32)
+    digest = np.frombuffer(hashlib.sha256(array.tobytes()).digest(), dtype=np.uint8)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, embedding=array, sha256=digest)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def evict_oldest(directory: Path, max_bytes: int) -> None:
+    """Delete the least recently used entries under ``directory`` until it fits ``max_bytes``."""
+    files = [(p.stat().st_mtime, p.stat().st_size, p) for p in directory.rglob("*.npz")]
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+
+
+def read_entry(path: Path, shape: tuple[int, ...]) -> NDArray[np.float32] | None:
+    """The entry's array if it is whole, of ``shape``, and matches its checksum."""
     try:
         with np.load(path, allow_pickle=False) as entry:
             array = entry["embedding"]

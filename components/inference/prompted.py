@@ -8,7 +8,9 @@ decoder's batch axis is independent per prompt set, so results are unchanged).
 
 A single click is ambiguous (SAM's multimask case): the best of SAM's three masks
 by predicted IoU is kept. Several points or a box take SAM's single-mask output.
-Optional refinement feeds the chosen low-res logits back as ``mask_input``.
+Optional refinement feeds the chosen low-res logits back as ``mask_input``; with a
+prompt memory (:mod:`components.inference.prompt_memory`), a group that adds clicks to
+a set an earlier run answered starts from that run's logits.
 As in FarmVibes, a group's mask is limited to its box.
 """
 
@@ -23,6 +25,7 @@ from components.core import amg
 from components.core.params import PromptParams
 from components.core.prompts import PromptGroup
 from components.inference.model import SegmentationModel
+from components.inference.prompt_memory import ChipMemory, low_res_shape
 
 MASK_THRESHOLD = 0.0
 
@@ -35,6 +38,9 @@ class GroupMask:
     mask: NDArray[np.bool_]
     predicted_iou: float
     stability_score: float
+    resumed: bool = False
+    """Decoded from the low-res logits an earlier run left for a prefix of this group's
+    prompts (clicks were added since): refinement across runs, not a fresh answer."""
 
 
 def is_single_click(group: PromptGroup) -> bool:
@@ -65,24 +71,57 @@ def segment_groups(
     embedding: NDArray[np.float32],
     groups: list[PromptGroup],
     params: PromptParams | None = None,
+    memory: ChipMemory | None = None,
 ) -> list[GroupMask]:
-    """One mask per group (chip coordinates), in the order of ``groups``."""
+    """One mask per group (chip coordinates), in the order of ``groups``.
+
+    With ``memory`` (the chip's prompt memory), a group that extends a prompt set an
+    earlier run answered starts from that set's low-res logits, and every group's chosen
+    logits are stored for the runs to come.
+    """
     params = params or PromptParams()
     arrays = [model.prompt_arrays(g.points, g.labels, g.box) for g in groups]
-    buckets: dict[tuple[int, bool], list[int]] = {}
-    for k, (coords, _) in enumerate(arrays):
-        buckets.setdefault((len(coords), is_single_click(groups[k])), []).append(k)
+    shape = low_res_shape(model)
+    priors = [None if memory is None else memory.earlier(g, shape) for g in groups]
     results: dict[int, GroupMask] = {}
-    for (_, single), members in buckets.items():
+    for (_, single, resumed), members in _buckets(groups, arrays, priors).items():
         for start in range(0, len(members), PROMPT_SETS_PER_CALL):
             batch = members[start : start + PROMPT_SETS_PER_CALL]
-            masks = _decode_batch(model, embedding, [arrays[k] for k in batch], single, params)
-            for k, (mask, iou, stability) in zip(batch, masks, strict=True):
+            prior = _stack_priors([priors[k] for k in batch]) if resumed else None
+            decoded = _decode_batch(
+                model, embedding, [arrays[k] for k in batch], single, params, prior
+            )
+            for k, (mask, iou, stability, _) in zip(batch, decoded, strict=True):
                 box = groups[k].box
                 if params.limit_to_box and box is not None:
                     mask &= box_pixels(box, model.image_size, model.image_size)
-                results[k] = GroupMask(groups[k].prompt_id, mask, iou, stability)
+                results[k] = GroupMask(groups[k].prompt_id, mask, iou, stability, resumed)
+            if memory is not None:  # per batch: logits never pile up in memory
+                memory.remember([groups[k] for k in batch], [d[3] for d in decoded])
     return [results[k] for k in range(len(groups))]
+
+
+def _buckets(
+    groups: list[PromptGroup],
+    arrays: list[tuple[NDArray[np.float32], NDArray[np.float32]]],
+    priors: list[NDArray[np.float32] | None],
+) -> dict[tuple[int, bool, bool], list[int]]:
+    """Groups that can share a decoder call: as many points, the same kind of answer.
+
+    A group with earlier logits is never a single click (it has a mask input), and is
+    decoded apart from fresh groups, with its mask input.
+    """
+    buckets: dict[tuple[int, bool, bool], list[int]] = {}
+    for k, (coords, _) in enumerate(arrays):
+        resumed = priors[k] is not None
+        single = is_single_click(groups[k]) and not resumed
+        buckets.setdefault((len(coords), single, resumed), []).append(k)
+    return buckets
+
+
+def _stack_priors(priors: list[NDArray[np.float32] | None]) -> NDArray[np.float32]:
+    """Earlier logits ``(L, L)`` of a batch as the decoder's ``mask_input`` ``(P, 1, L, L)``."""
+    return np.stack([p for p in priors if p is not None])[:, None]
 
 
 def _decode_batch(
@@ -91,18 +130,23 @@ def _decode_batch(
     arrays: list[tuple[NDArray[np.float32], NDArray[np.float32]]],
     single: bool,
     params: PromptParams,
-) -> list[tuple[NDArray[np.bool_], float, float]]:
-    """Masks, predicted IoUs and stability scores of prompt sets with as many points each."""
+    prior: NDArray[np.float32] | None = None,
+) -> list[tuple[NDArray[np.bool_], float, float, NDArray[np.float32]]]:
+    """Masks, IoUs, stability scores and chosen low-res logits of same-size prompt sets.
+
+    ``prior``: their mask inputs ``(P, 1, L, L)`` (earlier logits), or none. The chosen
+    logits ``(L, L)`` come back so that they can be remembered.
+    """
     size = model.image_size
     coords = np.stack([c for c, _ in arrays])
     labels = np.stack([lab for _, lab in arrays])
-    out = model.decode(embedding, coords, labels)
+    out = model.decode(embedding, coords, labels, mask_input=prior)
     if single:
         best = 1 + np.argmax(out.iou_predictions[:, 1:], axis=1)
         rows = np.arange(len(arrays))
         low = out.low_res_logits[rows, best][:, None]
         iou = out.iou_predictions[rows, best]
-    else:  # the family's single-mask answer
+    else:  # the family's single-mask answer (always so with a mask input)
         low, iou = model.single_mask(out)
     for _ in range(params.refine_iterations):
         out = model.decode(embedding, coords, labels, mask_input=low)
@@ -110,5 +154,6 @@ def _decode_batch(
     logits = model.upscale(low[:, 0], (size, size), (size, size))
     stability = amg.calculate_stability_score(logits, MASK_THRESHOLD, params.stability_score_offset)
     return [
-        (logits[j] > MASK_THRESHOLD, float(iou[j]), float(stability[j])) for j in range(len(arrays))
+        (logits[j] > MASK_THRESHOLD, float(iou[j]), float(stability[j]), low[j, 0])
+        for j in range(len(arrays))
     ]

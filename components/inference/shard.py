@@ -11,7 +11,7 @@ survives is just empty.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -23,6 +23,7 @@ from components.core.merge import SceneMask
 from components.core.radiometry import RgbScaling
 from components.inference.embeddings import EmbeddingCache, embedding_key, encode_with_cache
 from components.inference.model import SegmentationModel
+from components.inference.prompt_memory import ChipMemory, PromptMemory
 from components.inference.strategy import SceneStrategy
 from components.io.raster import ChipImage, SceneInfo, iter_chips
 
@@ -42,6 +43,9 @@ class RunStats:
     encoder_calls: int = 0
     decoder_calls: int = 0
     cache_hits: int = 0
+    groups_resumed: int = 0
+    """Prompt groups (per chip) that started from an earlier run's logits: clicks added
+    to a prompt set answered before (:mod:`components.inference.prompt_memory`)."""
     masks_from_chips: int = 0
     masks_merged: int = 0
     seconds: float = 0.0
@@ -122,6 +126,7 @@ def segment_chips(
         encoder = replace(encoder, batch_size=model.default_batch_size)
     before = (model.encoder_calls, model.encoded_images, model.decoder_calls)
     hits_before = encoder.cache.hits if encoder.cache else 0
+    memory = PromptMemory.beside(encoder.cache) if encoder.cache else None
     stats = RunStats(chips_total=len(chips))
     masks: list[SceneMask] = []
     batch: list[ChipImage] = []
@@ -131,16 +136,7 @@ def segment_chips(
             progress(stats.chips_segmented + stats.chips_nodata, len(chips))
 
     def flush() -> None:
-        if not batch:
-            return
-        per_chip = [encoder.keys(model, im.chip, scaling, [None]) for im in batch]
-        keys = None if per_chip[0] is None else [k[0] for k in per_chip if k is not None]
-        inputs = [chip_input(im) for im in batch]
-        embeddings = encode_with_cache(model, inputs, keys, encoder.cache, encoder.batch_size)
-        for image, embedding in zip(batch, embeddings, strict=True):
-            found = strategy.segment(
-                model, image, embedding, _crop_encoder(model, image, encoder, scaling)
-            )
+        for image, found in _segment_batch(model, batch, strategy, encoder, scaling, memory):
             stats.per_chip_masks[image.chip.index] = len(found)
             masks.extend(found)
             stats.chips_segmented += 1
@@ -161,9 +157,35 @@ def segment_chips(
     stats.encoder_images = model.encoded_images - before[1]
     stats.decoder_calls = model.decoder_calls - before[2]
     stats.cache_hits = (encoder.cache.hits if encoder.cache else 0) - hits_before
+    stats.groups_resumed = memory.resumed if memory else 0
     stats.masks_from_chips = len(masks)
     stats.seconds = time.perf_counter() - started
     return masks, stats
+
+
+def _segment_batch(
+    model: SegmentationModel,
+    batch: Sequence[ChipImage],
+    strategy: SceneStrategy,
+    encoder: EncoderSettings,
+    scaling: RgbScaling,
+    memory: PromptMemory | None,
+) -> Iterator[tuple[ChipImage, list[SceneMask]]]:
+    """Each chip of a batch with its masks, segmented one by one (progress stays per chip).
+
+    The batch is encoded together (cache misses only). A chip's prompt memory is keyed
+    by its embedding cache key, so it exists exactly when embeddings are cached.
+    """
+    if not batch:
+        return
+    per_chip = [encoder.keys(model, im.chip, scaling, [None]) for im in batch]
+    keys = None if per_chip[0] is None else [k[0] for k in per_chip if k is not None]
+    inputs = [chip_input(im) for im in batch]
+    embeddings = encode_with_cache(model, inputs, keys, encoder.cache, encoder.batch_size)
+    for k, (image, embedding) in enumerate(zip(batch, embeddings, strict=True)):
+        chip_memory = None if memory is None or keys is None else ChipMemory(memory, keys[k])
+        crops = _crop_encoder(model, image, encoder, scaling)
+        yield image, strategy.segment(model, image, embedding, crops, chip_memory)
 
 
 def _crop_encoder(

@@ -30,6 +30,7 @@ from components.core.prompts import (
 from components.core.rendering import InstanceLabels, PromptBands, RasterLayout
 from components.inference.automatic import generate_chip_masks
 from components.inference.model import SegmentationModel
+from components.inference.prompt_memory import ChipMemory
 from components.inference.prompted import segment_groups
 from components.io.raster import ChipImage, SceneInfo
 
@@ -55,8 +56,12 @@ class SceneStrategy(Protocol):
         image: ChipImage,
         embedding: NDArray[np.float32],
         encode_crops: CropEncoder,
+        memory: ChipMemory | None = None,
     ) -> list[SceneMask]:
-        """A chip's masks, in scene coordinates, before the cross-chip merge."""
+        """A chip's masks, in scene coordinates, before the cross-chip merge.
+
+        ``memory``: the chip's prompt memory, when an embedding cache is in use.
+        """
         ...
 
     def merge(self, masks: Sequence[SceneMask], grid: ChipGrid) -> list[SceneMask]:
@@ -95,8 +100,12 @@ class AutomaticScene:
         image: ChipImage,
         embedding: NDArray[np.float32],
         encode_crops: CropEncoder,
+        memory: ChipMemory | None = None,
     ) -> list[SceneMask]:
-        """``SamAutomaticMaskGenerator`` on the chip; nodata pixels are never in a mask."""
+        """``SamAutomaticMaskGenerator`` on the chip; nodata pixels are never in a mask.
+
+        No prompts, so nothing to remember: ``memory`` is not used.
+        """
         data = generate_chip_masks(
             model, image.rgb, self.amg, encode=encode_crops, embedding=embedding
         )
@@ -141,10 +150,15 @@ class PromptedScene:
         image: ChipImage,
         embedding: NDArray[np.float32],
         encode_crops: CropEncoder,
+        memory: ChipMemory | None = None,
     ) -> list[SceneMask]:
-        """Each group's mask in this chip; nodata pixels are never in a mask."""
+        """Each group's mask in this chip; nodata pixels are never in a mask.
+
+        With ``memory``, groups that add clicks to a set an earlier run answered start
+        from its logits (:mod:`components.inference.prompt_memory`).
+        """
         groups = [g for g in prompts_for_chip(self.prompts, image.chip) if _on_data(g, image)]
-        results = segment_groups(model, embedding[None], groups, self.params)
+        results = segment_groups(model, embedding[None], groups, self.params, memory)
         if not results:
             return []
         stack = np.stack([r.mask & image.valid for r in results])
