@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 
 import pytest
 import yaml
@@ -23,7 +24,9 @@ from components.core.params import (
 )
 from components.core.records import from_json, from_record, to_json, to_record
 from components.errors import InputError
+from components.inference.sam2 import AMG_DEFAULTS as SAM2_AMG_DEFAULTS
 from pipelines.cli import build_parser
+from pipelines.commands.segment import amg_values
 from pipelines.compile import COMPILED_DIR
 from pipelines.definitions import DEFINITIONS
 
@@ -40,7 +43,31 @@ def subcommand(name: str) -> argparse.ArgumentParser:
 
 
 def option_defaults(name: str) -> dict[str, object]:
-    return {a.dest: a.default for a in subcommand(name)._actions if a.dest != "help"}
+    """What a command takes when no option is given (automatic mode's via --amg-defaults)."""
+    actions = subcommand(name)._actions
+    values = {a.dest: a.default for a in actions if a.dest != "help"}
+    values = {k: v for k, v in values.items() if v is not argparse.SUPPRESS}
+    if "amg_defaults" in values:
+        values.update(amg_values(argparse.Namespace(**values)))
+    return values
+
+
+def test_amg_defaults_sam2_are_sam2s_generators_and_given_options_still_win():
+    argv = ["segment-raster", "--raster", "a.tif", "--auto", "--output-dir", "out"]
+    parser = build_parser()
+    farmvibes = amg_values(parser.parse_args([*argv, "--pred-iou-thresh", "0.5"]))
+    assert farmvibes == {**dataclasses.asdict(AmgParams()), "pred_iou_thresh": 0.5}
+    given = ["--amg-defaults", "sam2", "--points-per-side", "8", "--no-multimask-output"]
+    sam2 = amg_values(parser.parse_args([*argv, *given]))
+    assert sam2 == {**SAM2_AMG_DEFAULTS, "points_per_side": 8, "multimask_output": False}
+    AmgParams(**sam2)  # valid
+    generator = pytest.importorskip("sam2.automatic_mask_generator").SAM2AutomaticMaskGenerator
+    reference = inspect.signature(generator.__init__).parameters
+    theirs = {"chip_nms_thr": "box_nms_thresh", "n_crop_layers": "crop_n_layers"}
+    theirs["crop_nms_thr"] = "crop_nms_thresh"
+    for name, value in SAM2_AMG_DEFAULTS.items():
+        assert reference[theirs.get(name, name)].default == value, name
+    assert set(SAM2_AMG_DEFAULTS) == {f.name for f in dataclasses.fields(AmgParams)}
 
 
 @pytest.mark.parametrize("pipeline", ["segment_s2", "auto_segment_s2"])

@@ -167,6 +167,9 @@ class AmgParams:
     min_mask_region_area: int = _doc(
         0, "Fill holes and drop islands smaller than this many pixels (0: off)."
     )
+    mask_threshold: float = _doc(0.0, "Logit above which a pixel is in a mask (SAM 2's).")
+    multimask_output: bool = _doc(True, "Three masks per grid point; else the single mask.")
+    use_m2m: bool = _doc(False, "One more decoder pass per mask, fed its own logits (SAM 2).")
 
     def __post_init__(self) -> None:
         _int_at_least("points_per_side", self.points_per_side, 1)
@@ -180,6 +183,8 @@ class AmgParams:
                 raise InputError(f"{name} must be in [0, 1.0), got {value!r}")
         for name in ("stability_score_thresh", "chip_nms_thr", "crop_nms_thr"):
             _in_unit(name, getattr(self, name))
+        if not (isinstance(self.mask_threshold, int | float) and abs(self.mask_threshold) < 32):
+            raise InputError(f"mask_threshold must be in (-32, 32), got {self.mask_threshold!r}")
         if not self.stability_score_offset > 0:
             raise InputError(
                 f"stability_score_offset must be > 0, got {self.stability_score_offset!r}"
@@ -228,7 +233,9 @@ class ExecutionParams:
         "FarmVibes' whole-raster read: here, raster blocks kept in memory so "
         "overlapping chips read each block once.",
     )
-    use_cache: bool = _doc(True, "Reuse cached image embeddings (keyed by scene and model).")
+    use_cache: bool = _doc(
+        True, "Reuse cached image embeddings, and earlier prompts' masks when clicks are added."
+    )
     backend: str = _doc(
         "auto",
         "Inference backend: onnxruntime, openvino (CPU) or auto (onnxruntime on a GPU, "
@@ -304,7 +311,7 @@ class PipelineRequest:
     model_type: str = _doc(
         "vit_b",
         "Model type for the default model_uri: vit_b, vit_l, vit_h (SAM); sam2.1_hiera_tiny, "
-        "_small, _base_plus, _large (SAM 2.1, prompted mode).",
+        "_small, _base_plus, _large (SAM 2.1).",
     )
     model_uri: str = _doc(
         "",

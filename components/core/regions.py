@@ -1,9 +1,13 @@
-"""Small-region clean-up of masks: SAM's ``min_mask_region_area`` post-processing, in numpy.
+"""Small-region clean-up: SAM's ``min_mask_region_area`` post-processing, and SAM 2's.
 
-Holes smaller than the area are filled and islands smaller than it dropped (8-connected,
-as OpenCV's ``connectedComponentsWithStats`` in the reference); masks that changed then
-lose to unchanged ones in a box NMS, exactly as ``SamAutomaticMaskGenerator`` does.
+SAM's (:func:`postprocess_small_regions`) works on the final masks: holes smaller than
+the area are filled and islands smaller than it dropped (8-connected, as OpenCV's
+``connectedComponentsWithStats`` in the reference); masks that changed then lose to
+unchanged ones in a box NMS, exactly as ``SamAutomaticMaskGenerator`` does.
 ``tests/components/core/test_amg.py`` checks both against the installed reference.
+
+SAM 2's (:func:`fill_small_regions`) works earlier, on each mask's low-res logits, before
+the mask is scored; its generator has no mask-level step.
 """
 
 from __future__ import annotations
@@ -116,3 +120,40 @@ def postprocess_small_regions(
     return SmallRegionsResult(
         keep=keep, masks=stacked[keep], boxes=boxes[keep], changed=was_changed[keep]
     )
+
+
+REGION_FILL_LOGIT = 10.0
+"""What SAM 2's hole and sprinkle filling writes: ``threshold ± 10``."""
+
+
+def fill_small_regions(
+    low_res: NDArray[np.float32], max_area: float, threshold: float
+) -> NDArray[np.float32]:
+    """SAM 2's hole and sprinkle filling of ``(N, L, L)`` low-res logits.
+
+    8-connected components of the background (``<= threshold``) of at most
+    ``max_area`` logit pixels become ``threshold + 10``; components of the foreground
+    (``> threshold``, found on the input) of at most ``max_area`` become
+    ``threshold - 10``, as ``SAM2Transforms.postprocess_masks`` does with SAM 2's
+    optional CUDA extension (without it, SAM 2 skips this step with a warning).
+    """
+    out = np.array(low_res, dtype=np.float32, copy=True)
+    if max_area <= 0:
+        return out
+    for k, logits in enumerate(np.asarray(low_res)):
+        fore = logits > threshold
+        out[k][_small_components(~fore, max_area)] = threshold + REGION_FILL_LOGIT
+        out[k][_small_components(fore, max_area)] = threshold - REGION_FILL_LOGIT
+    return out
+
+
+def _small_components(mask: NDArray[np.bool_], max_area: float) -> NDArray[np.bool_]:
+    """Pixels of the 8-connected components of ``mask`` with at most ``max_area`` pixels."""
+    labels, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    if n == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    small = areas <= max_area
+    small[0] = False
+    result: NDArray[np.bool_] = small[labels]
+    return result

@@ -1,17 +1,22 @@
-"""Automatic mask generation on one chip: ``SamAutomaticMaskGenerator``, batched.
+"""Automatic mask generation on one chip: SAM's and SAM 2's automatic mask generators.
 
-Same algorithm and parameters as segment_anything's generator (and FarmVibes'
-``auto_segment_s2`` names and defaults), orchestrated like it
-(``chip -> crops -> point batches``) over :mod:`components.core.amg`, with two changes
-that give identical results for less work:
+Same algorithm and parameters as segment_anything's ``SamAutomaticMaskGenerator`` and,
+with a SAM 2 model, sam2's ``SAM2AutomaticMaskGenerator`` (FarmVibes' ``auto_segment_s2``
+names and defaults), orchestrated like them (``chip -> crops -> point batches``) over
+:mod:`components.core.amg`. What differs between the families is the model's
+(:class:`~components.inference.model.SegmentationModel`): how a crop becomes the
+encoder's input, the single mask, and where ``min_mask_region_area`` acts
+(``small_regions``). SAM 2's options ``use_m2m``, ``mask_threshold`` and
+``multimask_output`` run with either family. Two changes give identical results for
+less work:
 
 * the decoder stops at low-resolution logits, masks are filtered on predicted IoU
   there, and only survivors are upsampled (the reference upsamples every mask of
   every batch to full resolution before filtering);
 * masks stay boolean arrays; no RLE round trip.
 
-Crop layers are encoded like the reference does: each crop is resized so its long
-side is the encoder's input size (PIL bilinear, as torchvision does) and padded.
+Crop layers are encoded as the family's predictor prepares an image
+(:meth:`~components.inference.model.SegmentationModel.crop_input`).
 """
 
 from __future__ import annotations
@@ -21,14 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 from components.core import amg, regions
 from components.core.params import AmgParams
-from components.inference.model import SegmentationModel, pad_chip, preprocess_shape
-
-MASK_THRESHOLD = 0.0
-"""SAM's logit threshold."""
+from components.inference.model import SegmentationModel
 
 
 @dataclass
@@ -91,18 +92,6 @@ Encoder = Callable[[NDArray[np.uint8], list[tuple[int, int, int, int]]], NDArray
 """Embeds ``(B, 3, S, S)`` uint8 crop inputs, given their crop boxes (cache keys)."""
 
 
-def crop_input(
-    image: NDArray[np.uint8], crop_box: NDArray[np.int64] | list[int], size: int
-) -> tuple[NDArray[np.uint8], tuple[int, int]]:
-    """Encoder input for one crop (resized to the long side, padded) and its input size."""
-    x0, y0, x1, y1 = (int(v) for v in crop_box)
-    crop = np.ascontiguousarray(image[y0:y1, x0:x1])
-    new_h, new_w = preprocess_shape(y1 - y0, x1 - x0, size)
-    if (new_h, new_w) != crop.shape[:2]:
-        crop = np.asarray(Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.BILINEAR))
-    return pad_chip(crop, size), (new_h, new_w)
-
-
 def process_crop(
     model: SegmentationModel,
     embedding: NDArray[np.float32],
@@ -115,9 +104,9 @@ def process_crop(
     x0, y0, x1, y1 = (int(v) for v in crop_box)
     crop_h, crop_w = y1 - y0, x1 - x0
     orig_h, orig_w = orig_size
-    input_size = preprocess_shape(crop_h, crop_w, model.image_size)
+    input_size = model.input_size(crop_h, crop_w)
     points = points_grid * np.array([crop_w, crop_h], dtype=np.float64)
-    # SAM's ResizeLongestSide.apply_coords, then its pixel-index convention
+    # the predictors' coordinate transform into the encoder's input, in pixel indices
     coords = points * np.array([input_size[1] / crop_w, input_size[0] / crop_h])
     parts: list[ChipMasks] = []
     for batch_coords, batch_points in amg.batch_iterator(params.points_per_batch, coords, points):
@@ -139,6 +128,38 @@ def process_crop(
     )
 
 
+def _grid_masks(
+    model: SegmentationModel,
+    embedding: NDArray[np.float32],
+    batch_coords: NDArray[np.float64],
+    params: AmgParams,
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.intp]]:
+    """Low-res logits and predicted IoUs of a batch of grid points, and each one's point.
+
+    One click per prompt set (plus the padding point both families' predictors add):
+    the three multimask outputs, or the family's single mask. With ``use_m2m`` every
+    mask is decoded once more with its own logits as mask input (SAM 2's
+    ``refine_with_m2m``: the single mask of that pass replaces it).
+    """
+    n = len(batch_coords)
+    coords = np.zeros((n, 2, 2), np.float32)
+    coords[:, 0] = batch_coords
+    labels = np.tile(np.array([[1.0, -1.0]], np.float32), (n, 1))
+    out = model.decode(embedding, coords, labels)
+    if params.multimask_output:
+        ious = out.iou_predictions[:, 1:].reshape(-1)
+        low = out.low_res_logits[:, 1:].reshape(-1, *out.low_res_logits.shape[2:])
+    else:
+        single, iou = model.single_mask(out)
+        ious, low = iou.reshape(-1), single[:, 0]
+    point_of = np.repeat(np.arange(n), len(ious) // max(n, 1))
+    if params.use_m2m and len(ious):
+        out = model.decode(embedding, coords[point_of], labels[point_of], mask_input=low[:, None])
+        single, iou = model.single_mask(out)
+        ious, low = iou.reshape(-1), single[:, 0]
+    return low, ious.astype(np.float32), point_of
+
+
 def _process_batch(
     model: SegmentationModel,
     embedding: NDArray[np.float32],
@@ -150,31 +171,31 @@ def _process_batch(
     params: AmgParams,
 ) -> ChipMasks | None:
     """One batch of grid points: decode, filter on low-res data, upsample survivors only."""
-    n = len(batch_coords)
     crop_h, crop_w = int(crop_box[3] - crop_box[1]), int(crop_box[2] - crop_box[0])
-    sam_coords = np.zeros((n, 2, 2), np.float32)
-    sam_coords[:, 0] = batch_coords
-    labels = np.tile(np.array([[1.0, -1.0]], np.float32), (n, 1))
-    out = model.decode(embedding, sam_coords, labels)
-    ious = out.iou_predictions[:, 1:].reshape(-1)  # the three multimask outputs
-    low = out.low_res_logits[:, 1:].reshape(-1, *out.low_res_logits.shape[2:])
-    pts = np.repeat(batch_points, 3, axis=0)
+    low, ious, point_of = _grid_masks(model, embedding, batch_coords, params)
+    pts = batch_points[point_of]
     keep = ious > params.pred_iou_thresh if params.pred_iou_thresh > 0 else slice(None)
     ious, low, pts = ious[keep], low[keep], pts[keep]
     if len(ious) == 0:
         return None
+    if model.small_regions == "logits" and params.min_mask_region_area > 0:
+        # the area is in crop pixels, the logits' are coarser; SAM 2's generator fills at
+        # its predictor's threshold (0), not at its own mask_threshold
+        scale = low.shape[-2] * low.shape[-1] / (crop_h * crop_w)
+        low = regions.fill_small_regions(low, params.min_mask_region_area * scale, 0.0)
     logits = model.upscale(low, input_size, (crop_h, crop_w))
-    stability = amg.calculate_stability_score(logits, MASK_THRESHOLD, params.stability_score_offset)
+    threshold = params.mask_threshold
+    stability = amg.calculate_stability_score(logits, threshold, params.stability_score_offset)
     if params.stability_score_thresh > 0:
         keep = stability >= params.stability_score_thresh
         logits, ious, pts, stability = logits[keep], ious[keep], pts[keep], stability[keep]
-    masks = logits > MASK_THRESHOLD
+    masks = logits > threshold
     boxes = amg.batched_mask_to_box(masks)
     keep = ~amg.is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
     return ChipMasks(
         masks[keep],
         boxes[keep],
-        ious[keep].astype(np.float32),
+        ious[keep],
         stability[keep].astype(np.float32),
         pts[keep],
         np.tile(np.asarray(crop_box, np.int64), (int(keep.sum()), 1)),
@@ -241,7 +262,7 @@ def generate_chip_masks(
         xyxy = (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
         if k == 0 and xyxy == (0, 0, orig_w, orig_h) and embedding is not None:
             continue
-        inputs.append(crop_input(image, box, model.image_size)[0])
+        inputs.append(model.crop_input(image, box)[0])
         boxes.append(xyxy)
     encoded = list(encode(np.stack(inputs), boxes)) if inputs else []
     embeddings = ([embedding] if embedding is not None else []) + encoded
@@ -254,7 +275,7 @@ def generate_chip_masks(
         # prefer masks from smaller crops, as SAM does
         scores = (1.0 / amg.box_area(data.crop_boxes.astype(np.float32))).astype(np.float32)
         data = data.subset(amg.nms(data.boxes.astype(np.float32), scores, params.crop_nms_thr))
-    if params.min_mask_region_area > 0 and len(data) > 0:
+    if model.small_regions == "masks" and params.min_mask_region_area > 0 and len(data) > 0:
         cleaned = regions.postprocess_small_regions(
             data.masks,
             params.min_mask_region_area,

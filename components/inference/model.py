@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
 
 from components.core.radiometry import PAD_RGB
 from components.errors import InputError
@@ -66,6 +67,10 @@ class SegmentationModel(Protocol):
     """Chips per encoder call that suit the device."""
     modes: tuple[str, ...]
     """Segmentation modes this implementation runs (``prompted``, ``automatic``)."""
+    small_regions: str
+    """Where automatic mode applies ``min_mask_region_area``: ``"masks"`` (SAM: holes and
+    islands of the final masks, then NMS again) or ``"logits"`` (SAM 2: holes and
+    sprinkles of each mask's low-res logits, before it is scored)."""
     encoder_calls: int
     encoded_images: int
     decoder_calls: int
@@ -92,6 +97,23 @@ class SegmentationModel(Protocol):
         original_size: tuple[int, int],
     ) -> NDArray[np.float32]:
         """Low-res logits -> logits at ``original_size``, as the model's own postprocessing."""
+        ...
+
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        """Size an ``h`` x ``w`` image has inside the encoder's input.
+
+        SAM letterboxes, SAM 2 squashes: prompts are scaled into it, logits cut back from it.
+        """
+        ...
+
+    def crop_input(
+        self, image: NDArray[np.uint8], crop_box: NDArray[np.int64] | list[int]
+    ) -> tuple[NDArray[np.uint8], tuple[int, int]]:
+        """Encoder input ``(3, S, S)`` of one crop of an ``(H, W, 3)`` image.
+
+        Prepared as the family's predictor prepares an image; also returns the crop's
+        size in that input (``input_size``).
+        """
         ...
 
     def prompt_arrays(
@@ -134,10 +156,9 @@ def load_model(
     return SamModel.from_resolved(resolved, engine)
 
 
-FAMILY_MODES = {"sam": ("prompted", "automatic"), "sam2": ("prompted",)}
-"""Model families :func:`load_model` has an implementation for, and the modes each runs.
-SAM 2's automatic mode must equal SAM2AutomaticMaskGenerator (``use_m2m``, its own
-hole filling), which is not built yet: refused rather than run with SAM's rules."""
+FAMILY_MODES = {"sam": ("prompted", "automatic"), "sam2": ("prompted", "automatic")}
+"""Model families :func:`load_model` has an implementation for, and the modes each runs
+(a family or mode missing here is refused by name, before any work)."""
 
 
 def check_runnable(resolved: ResolvedModel, mode: str | None = None) -> None:
@@ -204,6 +225,21 @@ def pad_chip(rgb: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
     out[:] = np.asarray(PAD_RGB, dtype=np.uint8)[:, None, None]
     out[:, :h, :w] = rgb.transpose(2, 0, 1)
     return out
+
+
+def letterbox_input(
+    image: NDArray[np.uint8], crop_box: NDArray[np.int64] | list[int], size: int
+) -> tuple[NDArray[np.uint8], tuple[int, int]]:
+    """SAM's encoder input for one crop: resized so its long side is ``size``, padded.
+
+    PIL bilinear on uint8, as segment_anything's ``ResizeLongestSide`` does.
+    """
+    x0, y0, x1, y1 = (int(v) for v in crop_box)
+    crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+    new_h, new_w = preprocess_shape(y1 - y0, x1 - x0, size)
+    if (new_h, new_w) != crop.shape[:2]:
+        crop = np.asarray(Image.fromarray(crop).resize((new_w, new_h), Image.Resampling.BILINEAR))
+    return pad_chip(crop, size), (new_h, new_w)
 
 
 def prompt_arrays(

@@ -17,7 +17,12 @@ from numpy.typing import NDArray
 
 from components.errors import InputError
 from components.inference.backends import Engine, choose_engine
-from components.inference.model import DecoderOutput, prompt_arrays
+from components.inference.model import (
+    DecoderOutput,
+    letterbox_input,
+    preprocess_shape,
+    prompt_arrays,
+)
 from components.inference.onnx_base import OnnxModelBase
 
 if TYPE_CHECKING:
@@ -28,6 +33,7 @@ class SamModel(OnnxModelBase):
     """An exported SAM model loaded in ONNX Runtime, with call counters for tests."""
 
     modes: tuple[str, ...] = ("prompted", "automatic")
+    small_regions = "masks"
 
     def __init__(
         self,
@@ -167,6 +173,16 @@ class SamModel(OnnxModelBase):
     ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """SAM's layout (:func:`~components.inference.model.prompt_arrays`)."""
         return prompt_arrays(points, labels, box)
+
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        """SAM's rule: the long side becomes the encoder's input size."""
+        return preprocess_shape(h, w, self.image_size)
+
+    def crop_input(
+        self, image: NDArray[np.uint8], crop_box: NDArray[np.int64] | list[int]
+    ) -> tuple[NDArray[np.uint8], tuple[int, int]]:
+        """SAM's letterboxed crop (:func:`~components.inference.model.letterbox_input`)."""
+        return letterbox_input(image, crop_box, self.image_size)
 
     def single_mask(self, out: DecoderOutput) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """SAM's single-mask output: output 0 of each set."""

@@ -26,7 +26,12 @@ from components.errors import InputError
 from components.inference.backends import Engine, choose_engine
 from components.inference.model import DecoderOutput
 from components.inference.onnx_base import OnnxModelBase
-from components.inference.sam2 import sam2_prompt_arrays, select_single_mask
+from components.inference.sam2 import (
+    MASK_INPUT_LIMIT,
+    sam2_prompt_arrays,
+    select_single_mask,
+    squash_input,
+)
 
 if TYPE_CHECKING:
     pass
@@ -37,7 +42,8 @@ FEATURES = ("image_embed", "high_res_feats_0", "high_res_feats_1")
 class Sam2Model(OnnxModelBase):
     """An exported SAM 2 model loaded on an engine, with call counters for tests."""
 
-    modes: tuple[str, ...] = ("prompted",)
+    modes: tuple[str, ...] = ("prompted", "automatic")
+    small_regions = "logits"
 
     def __init__(
         self,
@@ -104,7 +110,10 @@ class Sam2Model(OnnxModelBase):
         session = self._decoder_points
         if mask_input is not None:
             session = self._decoder
-            feeds["mask_input"] = np.ascontiguousarray(mask_input, dtype=np.float32)
+            # SAM 2's predictor hands back clamped logits: whoever feeds logits back here
+            # (refinement, use_m2m) gets what feeding its outputs back would give
+            clamped = np.clip(mask_input, -MASK_INPUT_LIMIT, MASK_INPUT_LIMIT)
+            feeds["mask_input"] = np.ascontiguousarray(clamped, dtype=np.float32)
             feeds["has_mask_input"] = np.ones(coords.shape[0], np.float32)
         self.decoder_calls += 1
         ious, low = session.run(None, feeds)
@@ -125,6 +134,16 @@ class Sam2Model(OnnxModelBase):
         idx_box = None if box is None else (box[0], box[1], box[2] - 1.0, box[3] - 1.0)
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) - 0.5
         return sam2_prompt_arrays(pts, labels, idx_box)
+
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        """SAM 2 squashes every image to the encoder's square input."""
+        return self.image_size, self.image_size
+
+    def crop_input(
+        self, image: NDArray[np.uint8], crop_box: NDArray[np.int64] | list[int]
+    ) -> tuple[NDArray[np.uint8], tuple[int, int]]:
+        """SAM 2's squashed crop (:func:`~components.inference.sam2.squash_input`)."""
+        return squash_input(image, crop_box, self.image_size)
 
     def single_mask(self, out: DecoderOutput) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """SAM 2's single mask: output 0 when stable, else the best multimask output."""

@@ -6,6 +6,12 @@ against the reference):
 
 * a prompt set is laid out box first (corners labelled 2 and 3), then the points, then
   always one padding point (label -1), whether or not there is a box;
+* an image (or a crop of one) is squashed to the encoder's square input, not
+  letterboxed, and its low-res logits are stretched straight back;
+* low-res logits handed back for refinement are clamped to ``±MASK_INPUT_LIMIT``;
+* ``max_hole_area`` / ``max_sprinkle_area`` (its automatic generator's
+  ``min_mask_region_area``) flip small background / foreground components of each
+  mask's low-res logits before anything else reads them;
 * a single-mask request takes output 0 only when it is *stable* (the share of its
   pixels above ``+delta`` among those above ``-delta`` is at least ``thresh``),
   else the multimask output with the highest predicted IoU
@@ -14,8 +20,33 @@ against the reference):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
+
+MASK_INPUT_LIMIT = 32.0
+"""SAM2ImagePredictor clamps the low-res logits it returns (the next ``mask_input``)."""
+AMG_DEFAULTS: dict[str, Any] = {
+    "points_per_side": 32,
+    "points_per_batch": 64,
+    "pred_iou_thresh": 0.8,
+    "stability_score_thresh": 0.95,
+    "stability_score_offset": 1.0,
+    "mask_threshold": 0.0,
+    "chip_nms_thr": 0.7,
+    "n_crop_layers": 0,
+    "crop_nms_thr": 0.7,
+    "crop_overlap_ratio": 512 / 1500,
+    "crop_n_points_downscale_factor": 1,
+    "min_mask_region_area": 0,
+    "use_m2m": False,
+    "multimask_output": True,
+}
+"""``SAM2AutomaticMaskGenerator``'s defaults under our parameter names (``chip_nms_thr``
+is its ``box_nms_thresh``, ``n_crop_layers`` its ``crop_n_layers``): the CLI's
+``--amg-defaults sam2``. The pipelines keep FarmVibes' defaults."""
 
 STABILITY_DELTA = 0.05
 STABILITY_THRESH = 0.98
@@ -76,3 +107,28 @@ def select_single_mask(
     chosen = np.where(stable, 0, best).astype(np.int64)
     rows = np.arange(len(chosen))
     return low_res[rows, chosen], iou[rows, chosen], chosen
+
+
+def squash_input(
+    image: NDArray[np.uint8], crop_box: NDArray[np.int64] | list[int], size: int
+) -> tuple[NDArray[np.uint8], tuple[int, int]]:
+    """SAM 2's encoder input for one crop: resized to ``size`` x ``size``, aspect ignored.
+
+    SAM2Transforms resizes the image as floats in [0, 1] (bilinear); here each channel
+    is resized as float32 too and only then rounded to the uint8 the encoder graph
+    takes, so a crop's input is within half a grey level of the reference's. A crop
+    that already has the input's size is passed through exactly.
+    """
+    x0, y0, x1, y1 = (int(v) for v in crop_box)
+    crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+    if crop.shape[:2] != (size, size):
+        channels = [
+            np.asarray(
+                Image.fromarray(crop[..., c].astype(np.float32), mode="F").resize(
+                    (size, size), Image.Resampling.BILINEAR
+                )
+            )
+            for c in range(3)
+        ]
+        crop = np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(crop.transpose(2, 0, 1)), (size, size)

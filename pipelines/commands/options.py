@@ -41,7 +41,7 @@ def _help(doc: str, default: Any) -> str:
 
 def add_field(
     group: Any, record: type[Any], name: str, flag: str | None = None, **options: Any
-) -> None:
+) -> argparse.Action:
     """An option for a field of a parameter record: its default and its description.
 
     Booleans become ``--x``/``--no-x``; other types parse as the default's type unless
@@ -52,25 +52,19 @@ def add_field(
     default = options.pop("default", field.default)
     doc = field.metadata["doc"]
     if isinstance(default, bool):
-        group.add_argument(
+        action: argparse.Action = group.add_argument(
             flag,
             dest=name,
             action=argparse.BooleanOptionalAction,
             default=default,
             help=_help(doc, default),
         )
-        return
+        return action
     kind = options.pop("type", type(default) if default is not None else str)
-    group.add_argument(
+    action = group.add_argument(
         flag, dest=name, type=kind, default=default, help=_help(doc, default), **options
     )
-
-
-def add_fields(group: Any, record: type[Any], *exclude: str) -> None:
-    """An option for every field of ``record`` but ``exclude``."""
-    for field in dataclasses.fields(record):
-        if field.name not in exclude:
-            add_field(group, record, field.name)
+    return action
 
 
 def add_pipeline_parameter(group: Any, name: str, flag: str | None = None, **options: Any) -> None:

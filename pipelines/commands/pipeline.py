@@ -15,7 +15,7 @@ from components.core.params import BACKENDS, LOCAL_CHIP_SHARDS, PRECISIONS, Mode
 from components.errors import InputError, ServiceError
 from components.io.stac import DEFAULT_STAC_URL, STAC_URL_ENV
 from pipelines.commands.options import add_pipeline_parameter, add_window_option, windows_text
-from pipelines.commands.segment import add_amg_arguments
+from pipelines.commands.segment import add_amg_arguments, amg_values
 
 NAMES = {"segment-s2": "segment_s2", "auto-segment-s2": "auto_segment_s2"}
 RUN_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -143,6 +143,8 @@ def pipeline_values(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
     taken = signature(DEFINITIONS[name].function).parameters
     values = {k: v for k, v in vars(args).items() if k in taken}
+    if "points_per_side" in taken:  # automatic mode: given, else --amg-defaults'
+        values.update({k: v for k, v in amg_values(args).items() if k in taken})
     values["geometry"] = _read(args.geometry, "geometry")
     values["windows"] = windows_text(args)
     if "prompts" in taken:

@@ -21,13 +21,47 @@ from components.core.params import (
     SegmentationSettings,
 )
 from components.errors import InputError
-from pipelines.commands.options import add_field, add_fields, floats, ints, names
+from components.inference.sam2 import AMG_DEFAULTS as SAM2_AMG_DEFAULTS
+from pipelines.commands.options import add_field, floats, ints, names
+
+AMG_DEFAULTS: dict[str, dict[str, Any]] = {"farmvibes": {}, "sam2": SAM2_AMG_DEFAULTS}
+"""Whose defaults the automatic-mode options take: FarmVibes' (the pipelines') or
+``SAM2AutomaticMaskGenerator``'s."""
 
 
 def add_amg_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
-    """Automatic-mode parameters, FarmVibes' names and defaults."""
+    """Automatic-mode parameters, FarmVibes' names and defaults, or SAM 2's with one option.
+
+    The options default to "not given" (the help shows FarmVibes' default), so
+    :func:`amg_values` can tell a value given on the command line from one to take from
+    ``--amg-defaults``.
+    """
     group = parser.add_argument_group("automatic mode (FarmVibes auto_segment_s2 parameters)")
-    add_fields(group, AmgParams, *exclude)
+    group.add_argument(
+        "--amg-defaults",
+        choices=sorted(AMG_DEFAULTS),
+        default="farmvibes",
+        help=(
+            "defaults of the options below: farmvibes (auto_segment_s2's and the pipelines') "
+            "or sam2 (SAM2AutomaticMaskGenerator's: points_per_side 32, points_per_batch 64, "
+            "pred_iou_thresh 0.8, crop_overlap_ratio 512/1500); options given still win "
+            "(default: %(default)s)"
+        ),
+    )
+    for f in dataclasses.fields(AmgParams):
+        if f.name not in exclude:
+            action = add_field(group, AmgParams, f.name)
+            action.help = (action.help or "").replace("%(default)s", str(f.default))
+            action.default = argparse.SUPPRESS
+
+
+def amg_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Every automatic-mode parameter: given on the command line, else ``--amg-defaults``'."""
+    chosen = AMG_DEFAULTS[getattr(args, "amg_defaults", "farmvibes")]
+    return {
+        f.name: getattr(args, f.name, chosen.get(f.name, f.default))
+        for f in dataclasses.fields(AmgParams)
+    }
 
 
 def add_field_cleaning_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +126,7 @@ def register(subparsers: Any) -> None:
 
 def settings_from(args: argparse.Namespace, mode: str) -> SegmentationSettings:
     """The run's settings from parsed arguments (validated by the records)."""
-    amg = AmgParams(**{name: getattr(args, name) for name in AmgParams.__dataclass_fields__})
+    amg = AmgParams(**amg_values(args))
     return SegmentationSettings(
         mode=mode,  # type: ignore[arg-type]
         spatial_overlap=args.spatial_overlap,
@@ -155,6 +189,8 @@ def _segment(args: argparse.Namespace) -> int:
         f"{stats.cache_hits} from cache) with {result.lineage.get('model_name')} "
         f"version {result.lineage.get('model_version')}"
     )
+    if stats.groups_resumed:
+        print(f"{stats.groups_resumed} prompts continued from an earlier run's masks")
     for dropped in summary["dropped_prompts"]:
         index = dropped["feature_index"]
         where = "" if index is None else f" feature {index}"

@@ -1,5 +1,7 @@
 """SAM 2.1 export: graphs, parity with sam2's SAM2ImagePredictor, weights, registry family."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -159,8 +161,10 @@ def test_registered_with_its_family_and_loaded_by_its_own_runtime(sam2_export, l
     assert (row.family, row.model_type) == ("sam2", "sam2.1_hiera_tiny")
     resolved = resolve_model("models:/sam-sam2.1_hiera_tiny@champion")
     assert isinstance(load_model(resolved, mode="prompted"), Sam2Model)
-    with pytest.raises(InputError, match=r"is a 'sam2' model \(sam2.1_hiera_tiny\)"):
-        load_model(resolved, mode="automatic")
+    assert isinstance(load_model(resolved, mode="automatic"), Sam2Model)
+    future = dataclasses.replace(resolved, manifest={**resolved.manifest, "family": "sam3"})
+    with pytest.raises(InputError, match=r"is a 'sam3' model \(sam2.1_hiera_tiny\); this"):
+        load_model(future, mode="prompted")  # a family this version has no runtime for
     pinned = pin_model("", "sam2.1_hiera_tiny")  # a pipeline's first step
     assert pinned["pinned_uri"] == "models:/sam-sam2.1_hiera_tiny/1"
     assert pinned["chip_size"] == 1024

@@ -146,24 +146,39 @@ def test_segment_s2_end_to_end(setup, tmp_path):
     assert list(polygons["prompt_id"]) == ["field-0", "field-1"]
 
 
-def test_segment_s2_with_a_sam21_model(real_stac, sam2_export, local_registry, tmp_path):
-    """SAM 2.1 Hiera tiny through the real export, the registry and kfp.local (prompted)."""
+SAM2_AUTO = (
+    "--amg-defaults", "sam2", "--points-per-side", "4", "--use-m2m",
+    "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+)  # fmt: skip
+"""SAM 2's generator defaults and m2m, filters off (random weights score low)."""
+
+
+@pytest.mark.parametrize("pipeline", ["segment-s2", "auto-segment-s2"])
+def test_a_sam21_model_end_to_end(real_stac, sam2_export, local_registry, tmp_path, pipeline):
+    """SAM 2.1 Hiera tiny through the real export, the registry and kfp.local."""
     register_model(sam2_export, None, "champion", alias_explicit=True)
     area = tmp_path / "area.geojson"
     area.write_text(json.dumps(real_roi()))
+    prompted = pipeline == "segment-s2"
+    mode_args = ("--prompts", two_clicks(tmp_path)) if prompted else SAM2_AUTO
     result = s2sam(
-        "run", "segment-s2", "--geometry", area, "--prompts", two_clicks(tmp_path), *DATES,
-        "--stac-url", real_stac.url, "--model-type", "sam2.1_hiera_tiny",
-        "--output-dir", tmp_path / "out",
+        "run", pipeline, "--geometry", area, *mode_args, *DATES, "--stac-url", real_stac.url,
+        "--model-type", "sam2.1_hiera_tiny", "--output-dir", tmp_path / "out",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (seg,) = (tmp_path / "out" / "segmentation_mask").glob("*/segmentation.tif")
     with rasterio.open(seg) as s:
         assert s.tags()["s2sam_model_name"] == "sam-sam2.1_hiera_tiny"
         bands = s.read()
-    assert bands.shape[0] == 2 and all(band.any() for band in bands)
     (polygons,) = (tmp_path / "out" / "polygons").glob("*.parquet")
-    assert list(gpd.read_parquet(polygons)["prompt_id"]) == ["field-0", "field-1"]
+    if prompted:
+        assert bands.shape[0] == 2 and all(band.any() for band in bands)
+        assert list(gpd.read_parquet(polygons)["prompt_id"]) == ["field-0", "field-1"]
+        return
+    assert bands.shape[0] == 1 and bands.max() >= 1 and len(gpd.read_parquet(polygons)) >= 1
+    summary = json.loads(next((tmp_path / "out").rglob("summary.json")).read_text())
+    amg = summary["parameters"]["amg"]
+    assert amg["use_m2m"] and amg["points_per_batch"] == 64  # given, and SAM 2's default
 
 
 def test_segment_s2_marks_the_clicked_fields(stac, fields_export, local_registry, tmp_path):

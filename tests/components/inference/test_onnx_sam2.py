@@ -7,32 +7,23 @@ pytest.importorskip("torch", reason="the reference needs the [export] extra")
 pytest.importorskip("sam2", reason="the reference is the sam2 package ([export] extra)")
 
 import torch
-from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from components.core.params import PromptParams
 from components.core.prompts import PromptGroup
 from components.errors import InputError
 from components.inference.backends import choose_engine
-from components.inference.model import load_model
 from components.inference.onnx_sam2 import Sam2Model
 from components.inference.prompted import segment_groups
 from components.io.model_files import open_model_directory
-from model_export.parity import parity_images
-from model_export.sam2_family import SAM2_ARCHITECTURES, random_sam2
+from model_export.sam2_family import SAM2_ARCHITECTURES
 
 TINY2 = SAM2_ARCHITECTURES["sam2.1_hiera_tiny"]
 
 
-@pytest.fixture(scope="module")
-def runtime(sam2_export):
-    """The exported model on onnxruntime fp32, its chip, embedding, and the reference."""
-    model = load_model(open_model_directory(sam2_export), choose_engine("onnxruntime", "fp32"))
-    chip = parity_images(1024, 7)[1]  # smooth blobs with edges
-    embedding = model.encode(chip[None])[0]
-    predictor = SAM2ImagePredictor(random_sam2(TINY2, 0))  # the weights of the export
-    with torch.no_grad():
-        predictor.set_image(np.ascontiguousarray(chip.transpose(1, 2, 0)))
-    return model, embedding, predictor
+@pytest.fixture
+def runtime(sam2_runtime):
+    """The exported model on onnxruntime fp32, its chip's embedding, and the reference."""
+    return sam2_runtime
 
 
 def group(k, points=(), labels=(), box=None):
@@ -91,9 +82,7 @@ def test_three_feature_maps_travel_as_one_flat_embedding(runtime):
     np.testing.assert_array_equal(again, embedding)
 
 
-def test_automatic_mode_and_half_precisions_are_refused(sam2_export):
+def test_half_precisions_are_refused(sam2_export):
     resolved = open_model_directory(sam2_export)
-    with pytest.raises(InputError, match="segments in prompted mode only, not automatic"):
-        load_model(resolved, mode="automatic")
     with pytest.raises(InputError, match="precision int8 needs an int8 encoder"):
         Sam2Model.from_resolved(resolved, choose_engine("onnxruntime", "int8"))
