@@ -198,7 +198,7 @@ def _checked_parity(
     return parity
 
 
-def _manifest(
+def build_manifest(
     arch: SamArchitecture | Sam2Architecture,
     weights: WeightsInfo,
     work: Path,
@@ -264,7 +264,7 @@ def _keep_int8_if_agreed(work: Path, manifest: dict[str, Any], calibration: dict
     del manifest["graphs"]["encoder_int8"], manifest["files"][ENCODER_INT8_FILE]
 
 
-def _publish(work: Path, output_dir: Path, manifest: dict[str, Any]) -> None:
+def publish_export(work: Path, output_dir: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest last, then rename the finished directory into place."""
     (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     if output_dir.exists():
@@ -340,11 +340,11 @@ def run_export(
             tolerances=options.parity_tolerances,
         )
         calibration = _int8_encoder(arch, work, graphs, options) if options.int8 else None
-        manifest = _manifest(arch, described, work, graphs, parity, export_seconds)
+        manifest = build_manifest(arch, described, work, graphs, parity, export_seconds)
         manifest["precisions"] = measure_precisions(work, manifest, options.parity_seed)
         if calibration is not None:
             _keep_int8_if_agreed(work, manifest, calibration)
-        _publish(work, output_dir, manifest)
+        publish_export(work, output_dir, manifest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -38,7 +38,7 @@ class ExportError(S2samError):
     """The export or its parity check failed; nothing was written to the output."""
 
 
-def _export_graph(
+def export_graph(
     module: Any,
     args: tuple[Any, ...],
     path: Path,
@@ -121,7 +121,7 @@ def export_encoder(
     example = torch.zeros((2, 3, arch.image_size, arch.image_size), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=4096)
     module = HalfEncoderGraph(sam) if fp16 else EncoderGraph(sam)
-    _export_graph(
+    export_graph(
         module.eval(),
         (example,),
         path,
@@ -176,7 +176,7 @@ def export_decoder(
     else:
         module, names = DecoderGraph(sam, upsample=upsample), list(DECODER_INPUTS)
     outputs = DECODER_OUTPUTS if upsample else DECODER_LOWRES_OUTPUTS
-    _export_graph(
+    export_graph(
         module.eval(), example, path, names, list(outputs), dims, force_external_data=False
     )
 

@@ -110,14 +110,15 @@ def _agreement(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
     return 1.0 - int(np.count_nonzero(a ^ b)) / max(union, 64)
 
 
-def _session(path: Path, providers: list[str] | None = None) -> Any:
+def onnx_session(path: Path, providers: list[str] | None = None) -> Any:
+    """An onnxruntime session for a parity check (no memory arena: one-off, large inputs)."""
     from components.inference.backends import open_session
 
     return open_session(path, providers, memory_arena=False)
 
 
 @dataclass
-class _Worst:
+class WorstErrors:
     """The worst figures so far of one parity check, over every chip and prompt set."""
 
     embedding_error: float = 0.0
@@ -269,17 +270,17 @@ def check_parity(
 
     tol = tolerances or ParityTolerances()
     images = parity_images(arch.image_size, seed)
-    encoder = _session(directory / encoder_file, providers)
-    decoder = _session(directory / DECODER_FILE, providers)
-    lowres = _session(directory / DECODER_LOWRES_FILE, providers)
-    points = _session(directory / DECODER_POINTS_FILE, providers)
+    encoder = onnx_session(directory / encoder_file, providers)
+    decoder = onnx_session(directory / DECODER_FILE, providers)
+    lowres = onnx_session(directory / DECODER_LOWRES_FILE, providers)
+    points = onnx_session(directory / DECODER_POINTS_FILE, providers)
     provider = encoder.get_providers()[0]
 
     # one chip per call: a batch would double the activation peak (GBs for vit_h);
     # batching itself is covered by the runtime's tests
     ort_embeddings = np.concatenate([encoder.run(None, {"images": im[None]})[0] for im in images])
     predictor = SamPredictor(sam)
-    worst = _Worst()
+    worst = WorstErrors()
     for k, image in enumerate(images):
         worst.add_embedding(ort_embeddings[k], _reference_embedding(predictor, image)[0])
         # decoders run on ORT's own embedding: end-to-end parity, not per-graph

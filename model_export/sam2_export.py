@@ -91,7 +91,7 @@ def run_sam2_export(
         InputError: Options a SAM 2 export does not have, or unusable weights.
         ExportError: The export or its parity check failed; nothing was written.
     """
-    from model_export.export import ExportedModel, _manifest, _publish
+    from model_export.export import ExportedModel, build_manifest, publish_export
 
     arch = SAM2_ARCHITECTURES[model_type]
     _check_options(model_type, options)
@@ -114,9 +114,9 @@ def run_sam2_export(
             raise ExportError(
                 "parity check failed, nothing registered: " + json.dumps(asdict(parity))
             )
-        manifest = _manifest(arch, described, work, _graph_table(arch), [parity], seconds)
+        manifest = build_manifest(arch, described, work, _graph_table(arch), [parity], seconds)
         manifest["family"] = FAMILY
-        _publish(work, output_dir, manifest)
+        publish_export(work, output_dir, manifest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

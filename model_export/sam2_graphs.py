@@ -106,12 +106,12 @@ class Sam2DecoderGraph(nn.Module):
 
 def export_sam2_encoder(model: SAM2Base, arch: Sam2Architecture, path: Path) -> None:
     """Write the encoder graph: uint8 ``(B, 3, S, S)`` -> three feature maps, dynamic batch."""
-    from model_export.graphs import _export_graph
+    from model_export.graphs import export_graph
 
     s = arch.image_size
     example = torch.zeros((2, 3, s, s), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    _export_graph(
+    export_graph(
         Sam2EncoderGraph(model).eval(),
         (example,),
         path,
@@ -126,7 +126,7 @@ def export_sam2_decoder(
     model: SAM2Base, arch: Sam2Architecture, path: Path, mask_input: bool
 ) -> None:
     """Write a decoder graph (with mask inputs, or the points decoder without)."""
-    from model_export.graphs import _export_graph
+    from model_export.graphs import export_graph
 
     lo = arch.low_res_size
     p, n = 2, 3  # not 0 or 1: torch.export specialises those sizes
@@ -141,7 +141,7 @@ def export_sam2_decoder(
         example += (torch.zeros((p, 1, lo, lo)), torch.zeros((p,)))
         dims.update(mask_input={0: prompts}, has_mask_input={0: prompts})
         names += list(MASK_NAMES)
-    _export_graph(
+    export_graph(
         Sam2DecoderGraph(model, mask_input).eval(),
         example,
         path,

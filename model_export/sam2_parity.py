@@ -21,8 +21,8 @@ from components.inference.sam2 import sam2_prompt_arrays, select_single_mask
 from model_export.parity import (
     ParityReport,
     ParityTolerances,
-    _session,
-    _Worst,
+    WorstErrors,
+    onnx_session,
     parity_images,
     parity_prompts,
 )
@@ -76,7 +76,7 @@ def _upscale(low_res: NDArray[np.float32], size: int) -> NDArray[np.float32]:
 
 
 def _compare(
-    worst: _Worst,
+    worst: WorstErrors,
     ious: NDArray[np.float32],
     low: NDArray[np.float32],
     reference: Prediction,
@@ -101,7 +101,7 @@ def _decode(session: Any, features: list[NDArray[Any]], feeds: dict[str, NDArray
 
 
 def _check_prompt(
-    worst: _Worst,
+    worst: WorstErrors,
     sessions: tuple[Any, Any],
     features: list[NDArray[Any]],
     predictor: SAM2ImagePredictor,
@@ -154,13 +154,13 @@ def check_sam2_parity(
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     tol = tolerances or ParityTolerances()
-    encoder = _session(directory / SAM2_ENCODER_FILE, providers)
+    encoder = onnx_session(directory / SAM2_ENCODER_FILE, providers)
     sessions = (
-        _session(directory / SAM2_DECODER_FILE, providers),
-        _session(directory / SAM2_POINTS_FILE, providers),
+        onnx_session(directory / SAM2_DECODER_FILE, providers),
+        onnx_session(directory / SAM2_POINTS_FILE, providers),
     )
     predictor = SAM2ImagePredictor(model)
-    worst = _Worst()
+    worst = WorstErrors()
     for k, image in enumerate(parity_images(arch.image_size, seed)):
         features = encoder.run(None, {"images": image[None]})
         with torch.no_grad():
