@@ -54,6 +54,9 @@ class SegmentationModel(Protocol):
 
     image_size: int
     """Side of the square encoder input, in pixels: the chip size."""
+    low_res_size: int
+    """Side of the decoder's low-res logits (and of ``mask_input``): a quarter of
+    ``image_size`` for SAM and SAM 2."""
     embedding_key: str
     """The encoder graph's digest, and its precision where that changes the embeddings:
     part of every embedding cache key."""

@@ -38,15 +38,11 @@ EVICT_EVERY = 1 / 16
 """Share of the budget written between two evictions."""
 FOLDER = "prompts"
 """The memory's folder inside the embedding cache directory."""
-LOW_RES_FACTOR = 4
-"""SAM's and SAM 2's decoders answer (and take ``mask_input``) at a quarter of the
-encoder's input side: 256 x 256 logits for a 1024 px chip."""
 
 
 def low_res_shape(model: SegmentationModel) -> tuple[int, int]:
     """Shape of one prompt set's low-res logits: what a stored entry must have."""
-    side = model.image_size // LOW_RES_FACTOR
-    return side, side
+    return model.low_res_size, model.low_res_size
 
 
 def prompt_set_key(
