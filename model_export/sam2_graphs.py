@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,17 +40,40 @@ DECODER_OUTPUTS = ("iou_predictions", "low_res_masks")
 
 
 class Sam2EncoderGraph(nn.Module):
-    """uint8 chips -> the three feature maps of SAM2ImagePredictor.set_image."""
+    """uint8 chips -> the three feature maps of SAM2ImagePredictor.set_image.
+
+    ``pos_embed`` is Hiera's position embedding for the chip size, computed here by
+    Hiera's own code. The trunk computes it in every call from a 7x7 table (a bicubic
+    upsampling of weights only); exported as such, OpenVINO constant-folds that bicubic
+    resize with its reference kernel while compiling, which took 3.5 min for Hiera tiny
+    on one CPU core, in every task that loads the model. Exported as the constant it is,
+    the values are the same and the graph compiles in seconds.
+    """
 
     mean: torch.Tensor
     std: torch.Tensor
+    pos_embed: torch.Tensor
 
-    def __init__(self, model: SAM2Base) -> None:
+    def __init__(self, model: SAM2Base, image_size: int) -> None:
         super().__init__()
         self.model = model
         scale = torch.tensor(255.0)
         self.register_buffer("mean", torch.tensor(SAM2_MEAN).reshape(1, 3, 1, 1) * scale, False)
         self.register_buffer("std", torch.tensor(SAM2_STD).reshape(1, 3, 1, 1) * scale, False)
+        trunk = model.image_encoder.trunk
+        with torch.no_grad():
+            grid = trunk.patch_embed(torch.zeros(1, 3, image_size, image_size)).shape[1:3]
+            self.register_buffer("pos_embed", trunk._get_pos_embed(grid).clone(), False)
+
+    @contextlib.contextmanager
+    def fixed_pos_embed(self) -> Iterator[None]:
+        """While exporting: the trunk takes ``pos_embed`` instead of recomputing it."""
+        trunk = self.model.image_encoder.trunk
+        trunk._get_pos_embed = lambda hw: self.pos_embed
+        try:
+            yield
+        finally:
+            del trunk._get_pos_embed  # the class's method again
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed a batch of uint8 chips."""
@@ -111,15 +136,17 @@ def export_sam2_encoder(model: SAM2Base, arch: Sam2Architecture, path: Path) -> 
     s = arch.image_size
     example = torch.zeros((2, 3, s, s), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    export_graph(
-        Sam2EncoderGraph(model).eval(),
-        (example,),
-        path,
-        ["images"],
-        list(FEATURE_NAMES),
-        {"images": {0: batch}},
-        force_external_data=False,
-    )
+    graph = Sam2EncoderGraph(model, s).eval()
+    with graph.fixed_pos_embed():
+        export_graph(
+            graph,
+            (example,),
+            path,
+            ["images"],
+            list(FEATURE_NAMES),
+            {"images": {0: batch}},
+            force_external_data=False,
+        )
 
 
 def export_sam2_decoder(
