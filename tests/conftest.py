@@ -70,6 +70,22 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def variants_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """vit_tiny with every optional part an export can add: an fp16 and an int8 encoder,
+    and external data (vit_h's encoder is over ONNX's 2 GB limit). One export for the
+    tests of each part: an export costs over a minute of CI."""
+    pytest.importorskip("torch", reason="model export needs the [export] extra (torch)")
+    pytest.importorskip("segment_anything", reason="model export needs segment-anything")
+    from model_export.export import ExportOptions, run_export
+    from model_export.weights import WeightsSource
+
+    out = tmp_path_factory.mktemp("variants") / "model"
+    options = ExportOptions(fp16=True, int8=True, force_external_data=True)
+    run_export("vit_tiny", out, WeightsSource(random_weights=True, seed=0), options)
+    return out
+
+
+@pytest.fixture(scope="session")
 def sam2_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SAM 2.1 Hiera tiny with seeded random weights, through the real export path."""
     pytest.importorskip("torch", reason="model export needs the [export] extra (torch)")

@@ -147,18 +147,13 @@ def test_batched_prompts_equal_the_reference_one_by_one(tiny_export):
     assert agree.mean() > 0.9999
 
 
-def test_fp16_encoder_variant(tmp_path):
-    out = run_export(
-        "vit_tiny",
-        tmp_path / "m",
-        WeightsSource(random_weights=True, seed=1),
-        ExportOptions(fp16=True),
-    )
-    assert "encoder_fp16" in out.manifest["graphs"]
-    reports = {p["graph"]: p for p in out.manifest["parity"]}
+def test_fp16_encoder_variant(variants_export):
+    manifest = read_manifest(variants_export)
+    assert "encoder_fp16" in manifest["graphs"]
+    reports = {p["graph"]: p for p in manifest["parity"]}
     assert set(reports) == {"encoder.onnx", "encoder_fp16.onnx"}
     assert reports["encoder_fp16.onnx"]["passed"]
-    model = onnx.load(str(tmp_path / "m" / "encoder_fp16.onnx"))
+    model = onnx.load(str(variants_export / "encoder_fp16.onnx"))
     dtypes = {t.data_type for t in model.graph.initializer}
     assert onnx.TensorProto.FLOAT16 in dtypes  # weights really are half
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8

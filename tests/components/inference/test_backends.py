@@ -271,14 +271,9 @@ def test_an_int8_encoder_that_misses_the_bar_is_not_shipped(tmp_path, monkeypatc
         load_model(resolved, Engine("onnxruntime", "int8"))
 
 
-def test_int8_from_an_encoder_stored_with_external_data(tmp_path):
+def test_int8_from_an_encoder_stored_with_external_data(variants_export):
     """vit_h's encoder is stored with external data (over 2 GB): quantising reads it too."""
-    from model_export.export import ExportOptions, run_export
-    from model_export.weights import WeightsSource
-
-    out = tmp_path / "model"
-    options = ExportOptions(int8=True, force_external_data=True)
-    run_export("vit_tiny", out, WeightsSource(random_weights=True, seed=0), options)
+    out = variants_export
     assert (out / "encoder.onnx.data").is_file()
     manifest = read_manifest(out)
     figures = manifest["precisions"]["int8"]

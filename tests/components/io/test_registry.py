@@ -8,6 +8,7 @@ from components.errors import IntegrityError, ModelNotFoundError, ServiceError
 pytest.importorskip("mlflow")
 
 from components.inference.backends import open_session
+from components.io.model_files import read_manifest
 from components.io.registry import (
     client,
     default_model_uri,
@@ -102,18 +103,9 @@ def test_a_damaged_cache_copy_is_fetched_again(tiny_export, local_registry):
     assert again.encoder.read_bytes() == (tiny_export / "encoder.onnx").read_bytes()
 
 
-def test_external_data_model_registers_and_loads(local_registry, tmp_path):
-    from model_export.export import ExportOptions, run_export
-    from model_export.weights import WeightsSource
-
-    exported = run_export(
-        "vit_tiny",
-        tmp_path / "ext",
-        WeightsSource(random_weights=True, seed=0),
-        ExportOptions(force_external_data=True),
-    )
-    assert "encoder.onnx.data" in exported.manifest["files"]
-    register_model(exported.directory, "sam-ext", "champion", alias_explicit=True)
+def test_external_data_model_registers_and_loads(local_registry, variants_export):
+    assert "encoder.onnx.data" in read_manifest(variants_export)["files"]
+    register_model(variants_export, "sam-ext", "champion", alias_explicit=True)
     model = resolve_model("models:/sam-ext@champion")
     assert (model.directory / "encoder.onnx.data").is_file()
     run_resolved(model)
