@@ -31,14 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.core.geometry import intersect_boxes
-from components.core.merge import (
-    SceneMask,
-    crop,
-    intersection_over_smaller,
-    mask_iou,
-    overlapping_pairs,
-)
+from components.core.geometry import intersect_boxes, overlapping_pairs
+from components.core.merge import SceneMask, crop, intersection_over_smaller, mask_iou
 
 Member = tuple[int, int]
 """``(date, index)`` of one input mask: ``per_date[date][index]``."""

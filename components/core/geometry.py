@@ -8,9 +8,11 @@ raster is read or written (:func:`components.io.raster`, :mod:`components.io.out
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import shapely
 from affine import Affine
 from numpy.typing import NDArray
 
@@ -39,6 +41,19 @@ def intersect_boxes(a: Box, b: Box) -> Box | None:
 def union_box(a: Box, b: Box) -> Box:
     """Smallest box holding both boxes."""
     return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
+def overlapping_pairs(boxes: Sequence[Box]) -> NDArray[np.int64]:
+    """Index pairs ``(i, j)``, ``i < j``, of boxes that share at least one pixel."""
+    if len(boxes) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    arr = np.asarray(boxes, dtype=np.float64)
+    # shrink by a hair so boxes that only touch along an edge do not pair up
+    geoms = shapely.box(arr[:, 0] + 0.25, arr[:, 1] + 0.25, arr[:, 2] - 0.25, arr[:, 3] - 0.25)
+    tree = shapely.STRtree(geoms)
+    i, j = tree.query(geoms, predicate="intersects")
+    keep = i < j
+    return np.stack([i[keep], j[keep]], axis=1).astype(np.int64)
 
 
 def box_shape(box: Box) -> tuple[int, int]:

@@ -42,11 +42,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import shapely
 from numpy.typing import NDArray
 
 from components.core.chips import Chip, ChipGrid, inner_edges
-from components.core.geometry import Box, intersect_boxes, mask_box, union_box
+from components.core.geometry import Box, intersect_boxes, mask_box, overlapping_pairs, union_box
 
 PromptId = int | str
 
@@ -132,6 +131,11 @@ def masks_from_chip(
 
 def crop(m: SceneMask, region: Box) -> NDArray[np.bool_]:
     """The mask's pixels inside ``region``, as an array the size of ``region``."""
+    if intersect_boxes(region, m.box) == region:  # a read-only view: the merge compares
+        x0, y0, x1, y1 = region  # up to a million pairs, and copies were most of its time
+        view = m.mask[y0 - m.box[1] : y1 - m.box[1], x0 - m.box[0] : x1 - m.box[0]]
+        view.flags.writeable = False
+        return view
     out = np.zeros((region[3] - region[1], region[2] - region[0]), dtype=bool)
     inter = intersect_boxes(m.box, region)
     if inter is not None:
@@ -159,6 +163,11 @@ def mask_iou(a: SceneMask, b: SceneMask, region: Box | None = None) -> float:
     return inter / (area_a + area_b - inter)
 
 
+def area_ratio(a: SceneMask, b: SceneMask) -> float:
+    """The smaller area over the larger: the highest IoU two masks can have."""
+    return min(a.area, b.area) / max(1, a.area, b.area)
+
+
 def touches_inner_edge(box: Box, chip: Chip, grid: ChipGrid, tolerance: int) -> bool:
     """Whether a mask box lies within ``tolerance`` px of an inner edge of its chip."""
     left, top, right, bottom = inner_edges(chip, grid)
@@ -170,19 +179,6 @@ def touches_inner_edge(box: Box, chip: Chip, grid: ChipGrid, tolerance: int) -> 
         or (right and x1 > vx1 - tolerance)
         or (bottom and y1 > vy1 - tolerance)
     )
-
-
-def overlapping_pairs(boxes: Sequence[Box]) -> NDArray[np.int64]:
-    """Index pairs ``(i, j)``, ``i < j``, of boxes that share at least one pixel."""
-    if len(boxes) < 2:
-        return np.zeros((0, 2), dtype=np.int64)
-    arr = np.asarray(boxes, dtype=np.float64)
-    # shrink by a hair so boxes that only touch along an edge do not pair up
-    geoms = shapely.box(arr[:, 0] + 0.25, arr[:, 1] + 0.25, arr[:, 2] - 0.25, arr[:, 3] - 0.25)
-    tree = shapely.STRtree(geoms)
-    i, j = tree.query(geoms, predicate="intersects")
-    keep = i < j
-    return np.stack([i[keep], j[keep]], axis=1).astype(np.int64)
 
 
 def rank_order(masks: Sequence[SceneMask]) -> list[int]:
@@ -388,15 +384,21 @@ def cross_chip_duplicates(
     told two granularities apart, and they stay two objects as within one chip.
     """
     pairs = overlapping_pairs([m.box for m in masks]).tolist()
-    same_chip: dict[int, list[int]] = {}
+    same_chip: dict[int, set[int]] = {}
+    touching: dict[int, set[int]] = {}
     for i, j in pairs:
+        touching.setdefault(i, set()).add(j)
+        touching.setdefault(j, set()).add(i)
         if masks[i].chips == masks[j].chips:
-            same_chip.setdefault(i, []).append(j)
-            same_chip.setdefault(j, []).append(i)
+            same_chip.setdefault(i, set()).add(j)
+            same_chip.setdefault(j, set()).add(i)
 
     def drew_also(k: int, other: int) -> bool:
-        """Whether ``k``'s chip drew another mask like ``other``."""
-        return any(mask_iou(masks[n], masks[other]) > iou_threshold for n in same_chip.get(k, []))
+        """Whether ``k``'s chip drew another mask like ``other`` (so one overlapping it)."""
+        o = masks[other]  # no IoU exceeds the smaller area over the larger: skip those
+        near = same_chip.get(k, set()) & touching.get(other, set())
+        near = {n for n in near if area_ratio(masks[n], o) > iou_threshold}
+        return any(mask_iou(masks[n], o) > iou_threshold for n in near)
 
     out = set()
     for i, j in pairs:

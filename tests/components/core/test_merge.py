@@ -5,6 +5,8 @@ from components.core.chips import ChipGrid, chip_grid
 from components.core.geometry import mask_box
 from components.core.merge import (
     SceneMask,
+    area_ratio,
+    crop,
     mask_iou,
     mask_nms,
     masks_from_chip,
@@ -352,3 +354,31 @@ def test_prompted_errors():
     m = masks_from_chip(grid[0], np.ones((1, 256, 256), bool), [1.0], [1.0], prompt_ids=["x"])
     with pytest.raises(ValueError, match="not in prompt_order"):
         merge_prompted(m, grid, prompt_order=["y"])
+
+
+def test_crop_inside_the_box_is_a_read_only_view_outside_a_padded_copy():
+    pixels = np.random.default_rng(0).random((6, 8)) > 0.5
+    m = SceneMask((10, 20, 18, 26), pixels, 1.0, 1.0, (0,))
+    inside = crop(m, (12, 21, 15, 25))
+    np.testing.assert_array_equal(inside, pixels[1:5, 2:5])
+    with pytest.raises(ValueError, match="read-only"):
+        inside[0, 0] = True  # a caller cannot change the mask through it
+    beyond = crop(m, (8, 19, 12, 22))  # two columns and one row outside the box
+    assert beyond.shape == (3, 4) and beyond.flags.writeable
+    np.testing.assert_array_equal(beyond[1:, 2:], pixels[:2, :2])
+    assert not beyond[0].any() and not beyond[:, :2].any()
+
+
+def test_area_ratio_bounds_the_iou():
+    """The merge skips pairs whose area ratio cannot beat a threshold: it must bound IoU."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        masks = []
+        for _ in range(2):
+            x0, y0 = rng.integers(0, 8, 2)
+            w, h = rng.integers(1, 8, 2)
+            pixels = rng.random((h, w)) > rng.uniform(0.05, 0.95)
+            masks.append(SceneMask((x0, y0, x0 + w, y0 + h), pixels, 1.0, 1.0, (0,)))
+        assert mask_iou(*masks) <= area_ratio(*masks) + 1e-12
+    same = SceneMask((0, 0, 3, 3), np.ones((3, 3), bool), 1.0, 1.0, (0,))
+    assert area_ratio(same, same) == mask_iou(same, same) == 1.0

@@ -22,7 +22,8 @@ gpd = pytest.importorskip("geopandas")
 
 from segment_anything import SamPredictor  # noqa: E402
 
-from components.core.merge import mask_iou, overlapping_pairs, touches_inner_edge  # noqa: E402
+from components.core.geometry import overlapping_pairs  # noqa: E402
+from components.core.merge import mask_iou, touches_inner_edge  # noqa: E402
 from components.core.params import (  # noqa: E402
     AmgParams,
     PromptParams,
