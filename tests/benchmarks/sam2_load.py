@@ -27,23 +27,19 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
-def export_encoder(model: Any, image_size: int, path: Path, constant: bool) -> None:
-    """The export's encoder graph, with the position embedding constant or computed."""
+def export_encoder(model: Any, arch: Any, path: Path, constant: bool) -> None:
+    """The export's own encoder graph; ``constant=False`` leaves the trunk computing the
+    position embedding, as the export did before (the reference)."""
     import contextlib
+    from unittest import mock
 
-    import torch
+    from model_export.sam2_graphs import Sam2EncoderGraph, export_sam2_encoder
 
-    from model_export.graphs import export_graph
-    from model_export.sam2_graphs import FEATURE_NAMES, Sam2EncoderGraph
-
-    graph = Sam2EncoderGraph(model, image_size).eval()
-    example = torch.zeros((2, 3, image_size, image_size), dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with graph.fixed_pos_embed() if constant else contextlib.nullcontext():
-        export_graph(
-            graph, (example,), path, ["images"], list(FEATURE_NAMES),
-            {"images": {0: batch}}, force_external_data=False,
-        )  # fmt: skip
+    computed = mock.patch.object(
+        Sam2EncoderGraph, "fixed_pos_embed", lambda self: contextlib.nullcontext()
+    )
+    with contextlib.nullcontext() if constant else computed:
+        export_sam2_encoder(model, arch, path)
 
 
 def timed(fn: Any) -> tuple[float, Any]:
@@ -92,7 +88,7 @@ def main() -> None:
         for name, constant in (("constant (export)", True), ("computed (reference)", False)):
             path = Path(tmp) / f"{int(constant)}" / "encoder.onnx"
             path.parent.mkdir()
-            export_encoder(model, arch.image_size, path, constant)
+            export_encoder(model, arch, path, constant)
             rows[name] = open_both(path)
         run_interleaved(rows, chip)
     print(f"{args.model_type}, 1 chip 1024 px, {cpu_count()} CPUs")
