@@ -52,6 +52,7 @@ from model_export.graphs import (
     export_decoder,
     export_encoder,
     export_upscale,
+    extract_decoder_lowres,
 )
 from model_export.parity import (
     FP16_TOLERANCES,
@@ -161,7 +162,7 @@ def _export_graphs(sam: Sam, arch: SamArchitecture, work: Path, force_external_d
     started = time.perf_counter()
     export_encoder(sam, arch, work / ENCODER_FILE, force_external_data)
     export_decoder(sam, arch, work / DECODER_FILE, upsample=True)
-    export_decoder(sam, arch, work / DECODER_LOWRES_FILE, upsample=False)
+    extract_decoder_lowres(work / DECODER_FILE, work / DECODER_LOWRES_FILE)
     export_decoder(sam, arch, work / DECODER_POINTS_FILE, upsample=False, mask_input=False)
     export_upscale(work / UPSCALE_FILE)
     return time.perf_counter() - started

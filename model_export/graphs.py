@@ -1,8 +1,9 @@
 """Trace SAM into the ONNX graphs of an exported model, and name the files they go to.
 
 One function per graph family: the encoder (fp32, or fp16 for GPUs), the decoder (with
-and without chip-resolution logits) and the upscale resampler. Each writes one checked
-``.onnx`` file; ``model_export.export.run_export`` decides which, and where.
+chip-resolution logits, or for point prompts only), its low-res part (cut from the traced
+decoder, not traced again) and the upscale resampler. Each writes one checked ``.onnx``
+file; ``model_export.export.run_export`` decides which, and where.
 """
 
 from __future__ import annotations
@@ -179,6 +180,26 @@ def export_decoder(
     export_graph(
         module.eval(), example, path, names, list(outputs), dims, force_external_data=False
     )
+
+
+def extract_decoder_lowres(decoder: Path, path: Path) -> None:
+    """Write the low-res decoder: the part of the full ``decoder`` its low-res outputs need.
+
+    ``decoder`` is a graph of :func:`export_decoder` with ``upsample``. Tracing the model
+    again (``upsample=False``) gives the same nodes but costs torch.export about a quarter
+    of a SAM export; cutting the traced graph is instant, and what it keeps is by
+    construction the computation of the full decoder's low-res outputs.
+    """
+    import onnx
+    from onnx.utils import Extractor
+
+    from model_export.onnx_models import DECODER_INPUTS, DECODER_LOWRES_OUTPUTS
+
+    lowres = Extractor(onnx.load(str(decoder))).extract_model(
+        list(DECODER_INPUTS), list(DECODER_LOWRES_OUTPUTS)
+    )
+    _save_model(lowres, path, force_external_data=False)
+    onnx.checker.check_model(str(path))
 
 
 def export_upscale(path: Path) -> None:

@@ -66,6 +66,32 @@ def test_graph_io_matches_the_contract(tiny_export):
         assert [o.name for o in model.graph.output] == list(info["outputs"])
 
 
+def test_the_lowres_decoder_is_cut_from_the_decoder(tiny_export):
+    """decoder_lowres.onnx is the full decoder's low-res part: its nodes are the decoder's
+    own, only the chip-resolution resampling is left out, and its outputs are the decoder's
+    to the bit."""
+    full, low = (onnx.load(str(tiny_export / f)) for f in ("decoder.onnx", "decoder_lowres.onnx"))
+
+    def nodes(model):
+        return {(n.name, n.op_type, tuple(n.input), tuple(n.output)) for n in model.graph.node}
+
+    assert nodes(low) < nodes(full)
+    assert "Resize" in {op for _, op, _, _ in nodes(full) - nodes(low)}
+    rng = np.random.default_rng(1)
+    p = 3
+    feeds = {
+        "image_embeddings": rng.normal(size=(1, 64, 64, 64)).astype(np.float32),
+        "point_coords": rng.uniform(0, 1024, (p, 2, 2)).astype(np.float32),
+        "point_labels": np.array([[1, 0]] * p, np.float32),
+        "mask_input": rng.normal(size=(p, 1, 256, 256)).astype(np.float32),
+        "has_mask_input": np.array([1, 0, 1], np.float32),
+    }
+    _, ious, low_res = open_session(tiny_export / "decoder.onnx").run(None, feeds)
+    ious2, low_res2 = open_session(tiny_export / "decoder_lowres.onnx").run(None, feeds)
+    np.testing.assert_array_equal(ious2, ious)
+    np.testing.assert_array_equal(low_res2, low_res)
+
+
 def test_encoder_batches_and_decoder_takes_many_prompts(tiny_export):
     enc = open_session(tiny_export / "encoder.onnx")
     dec = open_session(tiny_export / "decoder.onnx")
