@@ -9,6 +9,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= cpu,openvino,export,dev
 STAMP  := $(VENV)/.installed-$(EXTRAS)
+# pytest-xdist workers for `make test`: much of the suite is single-threaded (torch.export
+# tracing, kfp.local subprocesses, servers starting), so two workers use a 2-core CI
+# machine's second core; each test file stays on one worker (--dist loadfile), so a
+# module's fixtures are built once. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 
 # Debian packages the tests need (tools/system_deps.sh installs them, or says how)
 DEBIAN_PACKAGES := postgresql postgresql-15-postgis-3 podman buildah runc debootstrap
@@ -41,7 +46,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 system-deps:
 	@bash tools/system_deps.sh $(DEBIAN_PACKAGES)
