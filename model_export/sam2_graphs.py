@@ -14,7 +14,9 @@
   outputs) as low-resolution logits with their predicted IoUs. Choosing the single
   mask (SAM 2 falls back to the best multimask output when it is unstable) is the
   runtime's, on these outputs; so is upsampling (the shared ``upscale`` graph);
-* the **points** decoder is the same without mask inputs (automatic mode, first clicks).
+* the **points** decoder is the same without mask inputs (automatic mode, first clicks),
+  with the image side of its first layer computed once for all prompt sets
+  (:class:`Sam2PointsDecoderGraph`).
 """
 
 from __future__ import annotations
@@ -86,22 +88,20 @@ class Sam2EncoderGraph(nn.Module):
 
 
 class Sam2DecoderGraph(nn.Module):
-    """One chip's feature maps + P prompt sets -> 4 low-res masks and IoUs per set."""
+    """One chip's feature maps + P prompt sets with mask inputs -> 4 low-res masks, IoUs.
 
-    def __init__(self, model: SAM2Base, mask_input: bool) -> None:
+    A set without a mask has ``has_mask_input`` 0: its dense prompt is "no mask".
+    """
+
+    def __init__(self, model: SAM2Base) -> None:
         super().__init__()
         self.prompt_encoder = model.sam_prompt_encoder
         self.mask_decoder = model.sam_mask_decoder
-        self.mask_input = mask_input
 
-    def _dense(self, mask_input: torch.Tensor | None, has: torch.Tensor | None) -> torch.Tensor:
+    def _no_mask(self) -> torch.Tensor:
+        """The learnt dense prompt of a set without a mask input, ``(1, C, 1, 1)``."""
         no_mask: torch.Tensor = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        if mask_input is None or has is None:
-            return no_mask
-        has = has.reshape(-1, 1, 1, 1)
-        out: torch.Tensor = has * self.prompt_encoder.mask_downscaling(mask_input)
-        out = out + (1.0 - has) * no_mask
-        return out
+        return no_mask
 
     def forward(
         self,
@@ -110,14 +110,14 @@ class Sam2DecoderGraph(nn.Module):
         high_res_feats_1: torch.Tensor,
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
-        mask_input: torch.Tensor | None = None,
-        has_mask_input: torch.Tensor | None = None,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode every prompt set against the one chip's features (SAM 2's modules)."""
         sparse = self.prompt_encoder._embed_points(point_coords, point_labels, pad=False)
-        dense = self._dense(mask_input, has_mask_input)
-        if not self.mask_input:  # the one "no mask" vector, for every prompt set
-            dense = dense.expand(point_coords.shape[0], -1, -1, -1)
+        has = has_mask_input.reshape(-1, 1, 1, 1)
+        dense = has * self.prompt_encoder.mask_downscaling(mask_input)
+        dense = dense + (1.0 - has) * self._no_mask()
         low_res, iou, _, _ = self.mask_decoder.predict_masks(
             image_embeddings=image_embed,
             image_pe=self.prompt_encoder.get_dense_pe(),
@@ -126,6 +126,55 @@ class Sam2DecoderGraph(nn.Module):
             repeat_image=True,
             high_res_features=[high_res_feats_0, high_res_feats_1],
         )
+        return iou, low_res
+
+
+class Sam2PointsDecoderGraph(Sam2DecoderGraph):
+    """:class:`Sam2DecoderGraph` for prompt sets without a mask input, ~1.3x faster.
+
+    SAM 2's ``predict_masks`` (``repeat_image``) copies the image embedding once per
+    prompt set and adds the dense prompt to each copy. Without a mask input the dense
+    prompt is the one learnt "no mask" vector, so every copy is the same: here the
+    embedding stays a batch of one and broadcasts against the prompt sets inside the
+    attention products, as SAM's :class:`~model_export.onnx_models.PointsDecoderGraph`
+    does; the image tokens become per-prompt where the first image-to-token attention
+    writes to them. The rest is ``predict_masks`` step by step, with SAM 2's own modules
+    (the high-resolution features broadcast the same way); the parity gate checks it.
+    Measured on Hiera tiny with onnxruntime on 2 CPU cores: 64 prompt sets 4.5 -> 3.4 s.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        image_embed: torch.Tensor,
+        high_res_feats_0: torch.Tensor,
+        high_res_feats_1: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode every prompt set against the one chip's features, no mask inputs."""
+        md = self.mask_decoder
+        sparse = self.prompt_encoder._embed_points(point_coords, point_labels, pad=False)
+        src = image_embed + self._no_mask()  # a batch of one, shared by every prompt set
+        first = 1 if md.pred_obj_scores else 0  # the object-score token comes first
+        heads = [md.obj_score_token.weight] if md.pred_obj_scores else []
+        tokens = torch.cat([*heads, md.iou_token.weight, md.mask_tokens.weight], dim=0)
+        tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+        _, c, h, w = src.shape
+        hs, keys = md.transformer(src, self.prompt_encoder.get_dense_pe(), tokens)
+        src = keys.transpose(1, 2).reshape(-1, c, h, w)
+        dc1, ln1, act1, dc2, act2 = md.output_upscaling
+        upscaled = act1(ln1(dc1(src) + high_res_feats_1))
+        upscaled = act2(dc2(upscaled) + high_res_feats_0)
+        hyper_in = torch.stack(
+            [
+                md.output_hypernetworks_mlps[i](hs[:, first + 1 + i, :])
+                for i in range(md.num_mask_tokens)
+            ],
+            dim=1,
+        )
+        b, c2, h2, w2 = upscaled.shape
+        low_res = (hyper_in @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)
+        iou: torch.Tensor = md.iou_prediction_head(hs[:, first, :])
         return iou, low_res
 
 
@@ -168,8 +217,9 @@ def export_sam2_decoder(
         example += (torch.zeros((p, 1, lo, lo)), torch.zeros((p,)))
         dims.update(mask_input={0: prompts}, has_mask_input={0: prompts})
         names += list(MASK_NAMES)
+    module = Sam2DecoderGraph(model) if mask_input else Sam2PointsDecoderGraph(model)
     export_graph(
-        Sam2DecoderGraph(model, mask_input).eval(),
+        module.eval(),
         example,
         path,
         names,

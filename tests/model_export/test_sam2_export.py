@@ -124,6 +124,33 @@ def test_batches_of_chips_and_of_prompt_sets_equal_one_by_one(sam2_export):
     assert box_coords[:2].tolist() == [[90, 80], [400, 300]]
 
 
+def test_the_points_decoder_equals_the_mask_decoder_without_a_mask(sam2_export):
+    """decoder_points.onnx keeps the image embedding a batch of one (the "no mask" prompt
+    is the same for every set); decoder_lowres.onnx copies it per set, as SAM 2's
+    predict_masks does. Same arithmetic, summed in another order: float32 rounding only."""
+    rng = np.random.default_rng(4)
+    encoder = open_session(sam2_export / "encoder.onnx")
+    chip = rng.integers(0, 256, (1, 3, 1024, 1024), dtype=np.uint8)
+    names = ("image_embed", "high_res_feats_0", "high_res_feats_1")
+    features = dict(zip(names, encoder.run(None, {"images": chip}), strict=True))
+    p = 5
+    prompts = {
+        "point_coords": rng.uniform(0, 1023, (p, 3, 2)).astype(np.float32),
+        "point_labels": np.tile(np.array([1, 0, -1], np.float32), (p, 1)),
+    }
+    no_mask = {
+        "mask_input": rng.normal(size=(p, 1, 256, 256)).astype(np.float32),  # ignored
+        "has_mask_input": np.zeros(p, np.float32),
+    }
+    ious, low = open_session(sam2_export / "decoder_points.onnx").run(None, {**features, **prompts})
+    ref_ious, ref_low = open_session(sam2_export / "decoder_lowres.onnx").run(
+        None, {**features, **prompts, **no_mask}
+    )
+    assert low.shape == ref_low.shape == (p, 4, 256, 256)
+    np.testing.assert_allclose(low, ref_low, atol=1e-4 * max(1.0, float(np.abs(ref_low).max())))
+    np.testing.assert_allclose(ious, ref_ious, atol=1e-5)
+
+
 def test_random_weights_are_seeded_and_leave_no_parameter_at_zero():
     a, b, c = random_sam2(TINY2, 0), random_sam2(TINY2, 0), random_sam2(TINY2, 1)
     zero = [n for n, p in a.named_parameters() if not torch.count_nonzero(p)]
