@@ -118,6 +118,13 @@ class Sam2DecoderGraph(nn.Module):
         has = has_mask_input.reshape(-1, 1, 1, 1)
         dense = has * self.prompt_encoder.mask_downscaling(mask_input)
         dense = dense + (1.0 - has) * self._no_mask()
+        return self._predict((image_embed, high_res_feats_0, high_res_feats_1), sparse, dense)
+
+    def _predict(
+        self, features: tuple[torch.Tensor, ...], sparse: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM 2's ``predict_masks``: the embedding copied per prompt set (``repeat_image``)."""
+        image_embed, high_res_feats_0, high_res_feats_1 = features
         low_res, iou, _, _ = self.mask_decoder.predict_masks(
             image_embeddings=image_embed,
             image_pe=self.prompt_encoder.get_dense_pe(),
@@ -140,7 +147,8 @@ class Sam2PointsDecoderGraph(Sam2DecoderGraph):
     does; the image tokens become per-prompt where the first image-to-token attention
     writes to them. The rest is ``predict_masks`` step by step, with SAM 2's own modules
     (the high-resolution features broadcast the same way); the parity gate checks it.
-    Measured on Hiera tiny with onnxruntime on 2 CPU cores: 64 prompt sets 4.5 -> 3.4 s.
+    Automatic mode on one chip of Hiera tiny ran 1.2-1.3x faster (README, the benchmark
+    ``tests/benchmarks/sam2_points_decoder.py``).
     """
 
     def forward(  # type: ignore[override]
