@@ -160,8 +160,15 @@ class Sam2PointsDecoderGraph(Sam2DecoderGraph):
         point_labels: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode every prompt set against the one chip's features, no mask inputs."""
-        md = self.mask_decoder
         sparse = self.prompt_encoder._embed_points(point_coords, point_labels, pad=False)
+        return self._decode_without_mask((image_embed, high_res_feats_0, high_res_feats_1), sparse)
+
+    def _decode_without_mask(
+        self, features: tuple[torch.Tensor, ...], sparse: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``predict_masks`` with the "no mask" prompt, the embedding a batch of one."""
+        image_embed, high_res_feats_0, high_res_feats_1 = features
+        md = self.mask_decoder
         src = image_embed + self._no_mask()  # a batch of one, shared by every prompt set
         first = 1 if md.pred_obj_scores else 0  # the object-score token comes first
         heads = [md.obj_score_token.weight] if md.pred_obj_scores else []

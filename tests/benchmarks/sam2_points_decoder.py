@@ -35,18 +35,12 @@ def export_copying_decoder(model: Any, arch: Any, path: Path) -> None:
 
     from model_export import sam2_graphs
 
-    class CopyingPointsDecoder(sam2_graphs.Sam2DecoderGraph):
-        def forward(  # type: ignore[override]
-            self,
-            image_embed: torch.Tensor,
-            high_res_feats_0: torch.Tensor,
-            high_res_feats_1: torch.Tensor,
-            point_coords: torch.Tensor,
-            point_labels: torch.Tensor,
+    class CopyingPointsDecoder(sam2_graphs.Sam2PointsDecoderGraph):
+        def _decode_without_mask(
+            self, features: tuple[torch.Tensor, ...], sparse: torch.Tensor
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            sparse = self.prompt_encoder._embed_points(point_coords, point_labels, pad=False)
-            dense = self._no_mask().expand(point_coords.shape[0], -1, -1, -1)
-            return self._predict((image_embed, high_res_feats_0, high_res_feats_1), sparse, dense)
+            dense = self._no_mask().expand(sparse.shape[0], -1, -1, -1)
+            return self._predict(features, sparse, dense)
 
     with mock.patch.object(sam2_graphs, "Sam2PointsDecoderGraph", CopyingPointsDecoder):
         sam2_graphs.export_sam2_decoder(model, arch, path, mask_input=False)
