@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from model_export.architectures import ARCHITECTURES, build_sam
+from model_export.architectures import ARCHITECTURES, SamArchitecture, build_sam
 from tests.data.fields.data import Scene, make_scene
 from tests.data.fields.model import CHECKPOINT, HELD_OUT_SEEDS, load_model
 
@@ -101,6 +101,10 @@ class TrainConfig:
     single_mask_weight: float = 0.5
     aux_weight: float = 1.0
     """Dense auxiliary losses on the image embedding (see :class:`AuxHeads`)."""
+    pe_scale: float = 1.0
+    """Spread of the prompt encoder's random Fourier frequencies (segment_anything: 1).
+    With 32 frequencies (a 64-channel model) the finest positional feature at scale 1
+    has a wavelength of about 200 px, the size of a parcel (see :func:`init_for_prompts`)."""
 
 
 @dataclass
@@ -120,6 +124,7 @@ class TrainSample:
 
     rgb: NDArray[np.uint8]
     labels: NDArray[np.uint32]
+    """Parcel ids at the decoder's resolution (:func:`aux_labels`), for the auxiliary heads."""
     groups: list[PromptGroup] = field(default_factory=list)
 
 
@@ -196,18 +201,29 @@ def curriculum(cfg: TrainConfig, step: int) -> tuple[float, tuple[float, float]]
 def make_sample(cfg: TrainConfig, step: int) -> TrainSample:
     """The scene and prompts of one training step (a function of config and step only)."""
     rng = np.random.default_rng((cfg.seed, step))
+    rgb, labels = pad_to_chip(training_scene(cfg, rng, step))
+    return sample_prompts(cfg, rng, rgb, labels)
+
+
+def training_scene(cfg: TrainConfig, rng: np.random.Generator, step: int) -> Scene:
+    """A fresh training scene at the curriculum's difficulty for ``step`` (seeds < 100 000)."""
     difficulty, (size_lo, size_hi) = curriculum(cfg, step)
     height = width = IMAGE_SIZE
     if rng.random() < cfg.padded_fraction:
         height, width = (int(v) for v in rng.integers(400, IMAGE_SIZE, 2))
-    scene = make_scene(
+    return make_scene(
         int(rng.integers(0, HELD_OUT_SEEDS[0])),
         height,
         width,
         parcel_size=float(rng.uniform(size_lo, size_hi)),
         difficulty=difficulty,
     )
-    rgb, labels = pad_to_chip(scene)
+
+
+def sample_prompts(
+    cfg: TrainConfig, rng: np.random.Generator, rgb: NDArray[np.uint8], labels: NDArray[np.uint32]
+) -> TrainSample:
+    """Prompt groups of every kind drawn on one chip, with their low-resolution targets."""
     index = ParcelIndex(labels)
     weights = np.sqrt(index.area[index.ids].astype(np.float64))
     weights /= weights.sum()
@@ -228,7 +244,7 @@ def make_sample(cfg: TrainConfig, step: int) -> TrainSample:
         out = np.array(box, dtype=np.float64) + np.clip(noise, -20.0, 20.0)
         return np.clip(out, 0, IMAGE_SIZE - 1).astype(np.float32)
 
-    sample = TrainSample(rgb=rgb, labels=labels)
+    sample = TrainSample(rgb=rgb, labels=aux_labels(labels))
     # Single points (multimask): the parcel under the point.
     pts, targets = [], []
     for _ in range(cfg.single_points):
@@ -322,9 +338,19 @@ def samples(cfg: TrainConfig, start: int, prefetch: int = 3) -> Iterator[TrainSa
 
 
 def normalise(model: torch.nn.Module, rgb: NDArray[np.uint8]) -> torch.Tensor:
-    """``(1, 3, 1024, 1024)`` encoder input, normalised as ``Sam.preprocess`` does."""
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    """``(B, 3, 1024, 1024)`` encoder input, normalised as ``Sam.preprocess`` does.
+
+    ``rgb`` is one ``(1024, 1024, 3)`` chip or a ``(B, 1024, 1024, 3)`` stack of them;
+    the result lies on the model's device.
+    """
+    x = torch.from_numpy(rgb).to(model.pixel_mean.device)
+    x = (x[None] if x.ndim == 3 else x).permute(0, 3, 1, 2).float()
     return (x - model.pixel_mean) / model.pixel_std
+
+
+def aux_labels(labels: NDArray[np.uint32]) -> NDArray[np.uint32]:
+    """Parcel ids at the centre of every 4 x 4 block: what :class:`AuxHeads` learns from."""
+    return np.ascontiguousarray(labels[SCALE // 2 :: SCALE, SCALE // 2 :: SCALE])
 
 
 def mask_losses(
@@ -381,7 +407,7 @@ def group_loss(
     iou_pred: torch.Tensor,
     target: torch.Tensor,
     pos_weight: float,
-) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Loss of one prompt group; also its metrics and the per-output true IoU."""
     logits, iou_pred = logits.float(), iou_pred.float()
     per_mask, iou = mask_losses(logits, target, cfg.loss, pos_weight)
@@ -390,11 +416,11 @@ def group_loss(
     loss_iou = F.mse_loss(iou_pred, iou)
     iou_pred = iou_pred.detach()
     chosen = iou_pred[:, 1:].argmax(dim=1, keepdim=True) + 1
-    metrics = {
-        "best3_iou": float(iou[:, 1:].max(dim=1).values.mean()),
-        "chosen_iou": float(iou.gather(1, chosen).mean()),
-        "single_iou": float(iou[:, 0].mean()),
-        "iou_mae": float((iou_pred - iou).abs().mean()),
+    metrics = {  # tensors: reading them out waits for the device, so only when logging
+        "best3_iou": iou[:, 1:].max(dim=1).values.mean(),
+        "chosen_iou": iou.gather(1, chosen).mean(),
+        "single_iou": iou[:, 0].mean(),
+        "iou_mae": (iou_pred - iou).abs().mean(),
     }
     return loss_mask + loss_iou, metrics, iou
 
@@ -418,10 +444,10 @@ def refinement_prompts(
     region = torch.where(positive[:, None, None], missed, extra)
     region = torch.where(region.flatten(1).any(1)[:, None, None], region, truth)
     weights = region.flatten(1).float() + 1e-12
-    pick = torch.multinomial(weights, 1, generator=generator)[:, 0]
+    pick = torch.multinomial(weights, 1, generator=generator)[:, 0]  # generator on this device
     xy = torch.stack([pick % LOW_RES, pick // LOW_RES], dim=1).float() * SCALE + SCALE // 2
     new_points = torch.cat([points, xy[:, None]], dim=1)
-    labels = torch.cat([torch.ones(len(xy), 1), positive.float()[:, None]], dim=1)
+    labels = torch.cat([torch.ones_like(xy[:, :1]), positive.float()[:, None]], dim=1)
     return (new_points, labels), mask_input, target
 
 
@@ -444,20 +470,25 @@ class AuxHeads(torch.nn.Module):
     def forward(
         self, embedding: torch.Tensor, labels: NDArray[np.uint32], generator: torch.Generator
     ) -> torch.Tensor:
-        """Contrastive + edge loss for one ``(1, C, 64, 64)`` embedding and its labels."""
-        grid = embedding.shape[-1]
-        sub = torch.from_numpy(labels[SCALE // 2 :: SCALE, SCALE // 2 :: SCALE].astype(np.int64))
+        """Contrastive + edge loss for one ``(1, C, 64, 64)`` embedding.
+
+        ``labels`` are :func:`aux_labels` of its chip; patch selection runs on the CPU
+        (``generator`` is a CPU generator), the losses on the embedding's device.
+        """
+        grid, device = embedding.shape[-1], embedding.device
+        sub = torch.from_numpy(labels.astype(np.int64))
         sub = sub.reshape(grid, 4, grid, 4).permute(0, 2, 1, 3).reshape(grid * grid, 16)
         edges = self.edges(embedding)[0].flatten(1).T
-        loss_edges = F.binary_cross_entropy_with_logits(edges, (sub == 0).float())
+        loss_edges = F.binary_cross_entropy_with_logits(edges, (sub == 0).float().to(device))
         pure = torch.nonzero((sub.min(1).values == sub.max(1).values) & (sub[:, 0] > 0))[:, 0]
         pure = pure[torch.randperm(len(pure), generator=generator)[:768]]
         if len(pure) < 2:
             return loss_edges
+        label = sub[pure, 0].to(device)
+        pure = pure.to(device)
         z = F.normalize(self.project(embedding)[0].flatten(1).T[pure], dim=1)
-        label = sub[pure, 0]
         same = label[:, None] == label[None]
-        eye = torch.eye(len(pure), dtype=torch.bool)
+        eye = torch.eye(len(pure), dtype=torch.bool, device=device)
         logits = (z @ z.T / self.temperature).masked_fill(eye, -1e9)
         log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         positives = same & ~eye
@@ -466,7 +497,7 @@ class AuxHeads(torch.nn.Module):
         return loss_edges + per_anchor[n_pos > 0].mean()
 
 
-def init_for_prompts(model: torch.nn.Module, scale: float) -> None:
+def init_for_prompts(model: torch.nn.Module, scale: float, pe_scale: float = 1.0) -> None:
     """Mimetic initialisation: attention that compares positions and contents from step 0.
 
     With segment_anything's default init, attention between the prompt tokens and the
@@ -482,7 +513,11 @@ def init_for_prompts(model: torch.nn.Module, scale: float) -> None:
     image embedding (neck LayerNorm gain) and point-label embeddings start at a tenth
     of their default size so that they do not drown the positional terms. Only initial
     values change: the architecture and the checkpoint format do not.
+    ``pe_scale`` widens the prompt encoder's random frequencies (a buffer, saved in the
+    checkpoint, so exported models use them as trained).
     """
+    with torch.no_grad():
+        model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(pe_scale)
     if scale <= 0:
         return
     with torch.no_grad():
@@ -531,22 +566,47 @@ def step_loss(
     sample: TrainSample,
     pos_weight: float,
     generator: torch.Generator,
-    running: dict[str, list[float]],
+    running: dict[str, list[Any]],
 ) -> torch.Tensor:
     """Loss of one training step; appends its metrics to ``running``."""
     embedding = model.image_encoder(normalise(model, sample.rgb))
-    total = torch.zeros(())
+    return prompt_losses(
+        cfg, model, aux, (embedding, sample), pos_weight, (generator, generator), running
+    )
+
+
+def prompt_losses(
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    aux: AuxHeads,
+    chip: tuple[torch.Tensor, TrainSample],
+    pos_weight: float,
+    generators: tuple[torch.Generator, torch.Generator],
+    running: dict[str, list[Any]],
+) -> torch.Tensor:
+    """Auxiliary and prompt losses of one chip's ``(1, C, 64, 64)`` embedding and sample.
+
+    ``generators`` are a CPU generator (auxiliary patch sampling) and one on the
+    embedding's device (corrective clicks); on the CPU they are the same one, as in the
+    recorded run. Metrics are appended to ``running`` as tensors.
+    """
+    embedding, sample = chip
+    device = embedding.device
+    total = torch.zeros((), device=device)
     if cfg.aux_weight:
-        loss_aux = aux(embedding.float(), sample.labels, generator)
+        loss_aux = aux(embedding.float(), sample.labels, generators[0])
         total = total + cfg.aux_weight * loss_aux
-        running.setdefault("aux", []).append(float(loss_aux.detach()))
+        running.setdefault("aux", []).append(loss_aux.detach())
     n_prompts = sum(len(g.targets) for g in sample.groups) + cfg.refinements
     for group in sample.groups:
         points = None
         if group.points is not None and group.point_labels is not None:
-            points = (torch.from_numpy(group.points), torch.from_numpy(group.point_labels))
-        boxes = None if group.boxes is None else torch.from_numpy(group.boxes)
-        target = torch.from_numpy(group.targets).float()[:, None]
+            points = (
+                torch.from_numpy(group.points).to(device),
+                torch.from_numpy(group.point_labels).to(device),
+            )
+        boxes = None if group.boxes is None else torch.from_numpy(group.boxes).to(device)
+        target = torch.from_numpy(group.targets).to(device).float()[:, None]
         logits, iou_pred = decode(model, embedding, points, boxes)
         loss, metrics, _ = group_loss(cfg, logits, iou_pred, target, pos_weight)
         total = total + loss * len(target) / n_prompts
@@ -554,7 +614,7 @@ def step_loss(
             running.setdefault(f"{group.kind}/{k}", []).append(v)
         if group.kind == "point" and cfg.refinements and points is not None:
             prompts, mask_input, ref_target = refinement_prompts(
-                points[0], logits.float(), iou_pred.float(), target, cfg.refinements, generator
+                points[0], logits.float(), iou_pred.float(), target, cfg.refinements, generators[1]
             )
             logits2, iou2 = decode(model, embedding, prompts, None, mask_input)
             loss2, metrics2, _ = group_loss(cfg, logits2, iou2, ref_target, pos_weight)
@@ -562,6 +622,35 @@ def step_loss(
             for k, v in metrics2.items():
                 running.setdefault(f"refine/{k}", []).append(v)
     return total
+
+
+def mean_metrics(running: dict[str, list[Any]]) -> dict[str, float]:
+    """Means of the logged metrics (tensors or floats), rounded; reads the device once here."""
+    return {k: round(sum(float(x) for x in v) / len(v), 4) for k, v in sorted(running.items())}
+
+
+def initial_state(
+    cfg: TrainConfig, arch: SamArchitecture, device: torch.device | None = None
+) -> tuple[torch.nn.Module, AuxHeads, torch.optim.Optimizer]:
+    """A seeded, initialised model in train mode, its auxiliary heads and their AdamW.
+
+    Weight decay applies to weight matrices only (not to norms, biases or positional
+    embeddings).
+    """
+    torch.manual_seed(cfg.seed)
+    model = build_sam(arch)
+    init_for_prompts(model, cfg.attention_init, cfg.pe_scale)
+    model.to(device).train()
+    aux = AuxHeads(arch.prompt_embed_dim).to(device)
+    named = list(model.named_parameters()) + list(aux.named_parameters())
+    decay = [p for n, p in named if p.ndim >= 2 and "pos" not in n]
+    other = [p for n, p in named if p.ndim < 2 or "pos" in n]
+    optimiser = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other}],
+        lr=cfg.lr,
+        weight_decay=0.0,
+    )
+    return model, aux, optimiser
 
 
 def train(
@@ -572,19 +661,7 @@ def train(
     ``reschedule`` lets a resumed run change ``steps`` only (the cosine decay is then
     compressed into the remaining steps); every other setting must match the saved one.
     """
-    torch.manual_seed(cfg.seed)
-    model = build_sam(ARCH)
-    init_for_prompts(model, cfg.attention_init)
-    model.train()
-    aux = AuxHeads(ARCH.prompt_embed_dim)
-    named = list(model.named_parameters()) + list(aux.named_parameters())
-    decay = [p for n, p in named if p.ndim >= 2 and "pos" not in n]
-    other = [p for n, p in named if p.ndim < 2 or "pos" in n]
-    optimiser = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other}],
-        lr=cfg.lr,
-        weight_decay=0.0,
-    )
+    model, aux, optimiser = initial_state(cfg, ARCH)
     generator = torch.Generator().manual_seed(cfg.seed)
     state_path = work / "train_state.pt"
     start, elapsed = 0, 0.0
@@ -600,7 +677,7 @@ def train(
         start, elapsed = state["step"], state["elapsed"]
         print(f"resumed at step {start} of {cfg.steps}", flush=True)
     t0 = time.time() - elapsed
-    running: dict[str, list[float]] = {}
+    running: dict[str, list[Any]] = {}
     for step, sample in enumerate(samples(cfg, start), start=start):
         for g in optimiser.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, step)
@@ -611,10 +688,10 @@ def train(
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimiser.step()
-        running.setdefault("loss", []).append(float(total.detach()))
+        running.setdefault("loss", []).append(total.detach())
         done = step + 1
         if done % log_every == 0 or done == cfg.steps:
-            line = {k: round(float(np.mean(v)), 4) for k, v in sorted(running.items())}
+            line: dict[str, Any] = mean_metrics(running)
             line.update(step=done, minutes=round((time.time() - t0) / 60, 2))
             print(json.dumps(line), flush=True)
             running.clear()

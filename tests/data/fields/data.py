@@ -49,7 +49,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from affine import Affine
 from numpy.typing import NDArray
 from scipy import ndimage
@@ -410,7 +409,13 @@ def _joined_parcels(layout: _Layout, joined: list[tuple[int, int]]) -> tuple[tup
 
 
 def write_s2_geotiff(scene: Scene, path: str | Path) -> Path:
-    """Write the scene's DNs as a tiled 4-band uint16 GeoTIFF (B04, B03, B02, B08)."""
+    """Write the scene's DNs as a tiled 4-band uint16 GeoTIFF (B04, B03, B02, B08).
+
+    rasterio is imported here, not at the top, so that the generator itself runs
+    where GDAL is not installed (the GPU training machine).
+    """
+    import rasterio
+
     path = Path(path)
     profile = {
         "driver": "GTiff",
@@ -436,6 +441,8 @@ def write_s2_geotiff(scene: Scene, path: str | Path) -> Path:
 
 def write_labels_geotiff(scene: Scene, path: str | Path) -> Path:
     """Write the ground-truth parcel labels as a one-band uint32 GeoTIFF on the same grid."""
+    import rasterio
+
     path = Path(path)
     profile = {
         "driver": "GTiff",
@@ -690,6 +697,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--difficulty", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args(argv)
+    import rasterio
+
     scene = make_scene(args.seed, args.height, args.width, difficulty=args.difficulty)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"fields_{args.seed}"
