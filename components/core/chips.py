@@ -19,6 +19,18 @@ Grid semantics follow FarmVibes.AI's ``ChipDataset`` so results stay comparable:
 
 Write intervals split each overlap at its midpoint, so every scene pixel is written
 by exactly one chip: the chip whose centre is nearest (ties to the lower index).
+
+**Map-anchored grids** (``origin`` given, ``chip_anchor="map"``): the grid above moves
+with the area a user draws, so the same field can fall into other chips, be cut at
+other seams, and come out differently (samgeo #522, Geo-SAM #78). Anchored to the map,
+the inner chips start on a lattice fixed in map pixels, every ``step`` px counted from
+pixel 0 of the CRS's pixel lattice (``origin`` is the index of the scene's first pixel
+on it), and a chip flush with each end of the axis covers what the lattice leaves over.
+Two areas of the same imagery then share every lattice chip that lies inside both,
+with the same write boundaries, so a field away from their edges is segmented from the
+same pixels and written by the same chip. Neighbours still overlap by at least ``size -
+step`` (a flush chip lies within one step of its lattice neighbour); the cost is at
+most one more chip per axis.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from affine import Affine
@@ -33,10 +46,21 @@ from numpy.typing import NDArray
 
 from components.errors import InputError
 
+if TYPE_CHECKING:
+    from components.core.geometry import WorkGrid
+
 CHIP_SIZE = 1024
 """SAM's input size: chips are this many pixels on a side."""
 DEFAULT_SPATIAL_OVERLAP = 0.5
 """FarmVibes' default minimum overlap between neighbouring chips."""
+CHIP_ANCHORS = ("scene", "map")
+"""Where the chip grid is anchored: the scene's corner (FarmVibes' grid, the default) or
+the map (module docstring)."""
+CHIP_ANCHOR_HELP = (
+    "scene: chips spread from the area's corner (FarmVibes' grid); map: chips fixed on the "
+    "map, so fields away from the area's edge do not depend on the area drawn (up to one "
+    "more chip per axis)."
+)
 
 
 def chip_step(size: int, spatial_overlap: float) -> int:
@@ -54,13 +78,23 @@ def chip_step(size: int, spatial_overlap: float) -> int:
     return step
 
 
-def axis_starts(dim: int, size: int, spatial_overlap: float) -> NDArray[np.int64]:
-    """Chip start offsets along one axis of length ``dim`` (see the module docstring)."""
+def axis_starts(
+    dim: int, size: int, spatial_overlap: float, origin: int | None = None
+) -> NDArray[np.int64]:
+    """Chip start offsets along one axis of length ``dim`` (see the module docstring).
+
+    ``origin``: the index of the axis' first pixel on the map's pixel lattice, for a
+    map-anchored grid; ``None`` spreads the chips evenly from end to end.
+    """
     if not isinstance(dim, int | np.integer) or dim < 1:
         raise InputError(f"scene dimension must be a positive integer, got {dim!r}")
     step = chip_step(size, spatial_overlap)
     if dim <= size:
         return np.zeros(1, dtype=np.int64)
+    if origin is not None:
+        first = -int(origin) % step  # the first lattice start at or after pixel 0
+        lattice = np.arange(first, dim - size + 1, step, dtype=np.int64)
+        return np.unique(np.concatenate([[0], lattice, [dim - size]])).astype(np.int64)
     n = max(math.ceil((dim - size) / step) + 1, 2)
     return np.round(np.linspace(0, dim - size, n)).astype(np.int64)
 
@@ -180,10 +214,15 @@ def chip_grid(
     width: int,
     size: int = CHIP_SIZE,
     spatial_overlap: float = DEFAULT_SPATIAL_OVERLAP,
+    origin: tuple[int, int] | None = None,
 ) -> ChipGrid:
-    """Lay out the chip grid over a ``height`` x ``width`` pixel scene."""
-    row_starts = axis_starts(height, size, spatial_overlap)
-    col_starts = axis_starts(width, size, spatial_overlap)
+    """Lay out the chip grid over a ``height`` x ``width`` pixel scene.
+
+    ``origin``: ``(row, col)`` of the scene's first pixel on the map's pixel lattice
+    for a map-anchored grid (module docstring); ``None``: anchored to the scene.
+    """
+    row_starts = axis_starts(height, size, spatial_overlap, None if origin is None else origin[0])
+    col_starts = axis_starts(width, size, spatial_overlap, None if origin is None else origin[1])
     row_bounds = write_boundaries(row_starts, size, height)
     col_bounds = write_boundaries(col_starts, size, width)
     chips = []
@@ -214,6 +253,16 @@ def chip_grid(
         col_boundaries=tuple(col_bounds.tolist()),
         chips=tuple(chips),
     )
+
+
+def work_chip_grid(work: WorkGrid, size: int, spatial_overlap: float, anchor: str) -> ChipGrid:
+    """The chip grid over a working grid, anchored as ``chip_anchor`` (``anchor``) says.
+
+    Planning, segmenting and merging each lay the grid out again from the scene: this
+    is the one place that decides how, so the three always agree.
+    """
+    origin = work.lattice_origin() if anchor == "map" else None
+    return chip_grid(work.height, work.width, size, spatial_overlap, origin)
 
 
 def inner_edges(chip: Chip, grid: ChipGrid) -> tuple[bool, bool, bool, bool]:

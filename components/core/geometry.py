@@ -16,6 +16,8 @@ import shapely
 from affine import Affine
 from numpy.typing import NDArray
 
+from components.errors import InputError
+
 Box = tuple[int, int, int, int]
 """Half-open pixel box ``(x0, y0, x1, y1)``: columns ``[x0, x1)``, rows ``[y0, y1)``."""
 
@@ -86,6 +88,25 @@ class WorkGrid:
             raise ValueError(f"upsample must be one of {UPSAMPLE_FACTORS}, got {upsample!r}")
         scale = Affine.scale(1.0 / upsample)
         return cls(height * upsample, width * upsample, transform @ scale, upsample)
+
+    def lattice_origin(self) -> tuple[int, int]:
+        """``(row, col)`` of this grid's first pixel on its CRS's pixel lattice.
+
+        Pixel ``(0, 0)`` of the lattice has its corner at the CRS origin; two windows
+        of one raster (or of two rasters on one grid, as Sentinel-2 tiles of a UTM zone
+        are) differ here by exactly their pixel offset, which is what a map-anchored
+        chip grid needs. At ``upsample`` f the lattice is f times finer.
+
+        Raises:
+            InputError: The grid is rotated or sheared (not north-up).
+        """
+        t = self.transform
+        if t.b != 0 or t.d != 0:
+            raise InputError(
+                "chip_anchor='map' needs a north-up raster (no rotation or shear in its "
+                f"transform), got {tuple(t)[:6]}"
+            )
+        return round(t.f / t.e), round(t.c / t.a)
 
     def source_window(self, box: Box) -> Box:
         """The scene pixels a working-grid box lies in (rounded outwards)."""

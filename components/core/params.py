@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args
 
 from components.core.area import DEFAULT_MAX_AREA_KM2
-from components.core.chips import DEFAULT_SPATIAL_OVERLAP, chip_step
+from components.core.chips import CHIP_ANCHOR_HELP, CHIP_ANCHORS, DEFAULT_SPATIAL_OVERLAP, chip_step
 from components.core.fields import FieldCleaning
 from components.core.geometry import UPSAMPLE_FACTORS
 from components.core.landcover import CroplandParams
@@ -277,6 +277,7 @@ class SegmentationSettings:
         "Chips are read from the scene resampled by this factor (1, 2 or 3): SAM sees "
         "small fields larger; rasters come back on the scene's grid.",
     )
+    chip_anchor: str = _doc(CHIP_ANCHORS[0], CHIP_ANCHOR_HELP)
     radiometry: RadiometryParams = RadiometryParams()
     amg: AmgParams = AmgParams()
     prompt: PromptParams = PromptParams()
@@ -291,6 +292,7 @@ class SegmentationSettings:
         _in_unit("mask_nms_thr", self.mask_nms_thr)
         if isinstance(self.upsample, bool) or self.upsample not in UPSAMPLE_FACTORS:
             raise InputError(f"upsample must be one of {UPSAMPLE_FACTORS}, got {self.upsample!r}")
+        _one_of("chip_anchor", self.chip_anchor, CHIP_ANCHORS)
 
     def parameters(self) -> dict[str, Any]:
         """What a run's outputs record about how they were made (mode-specific knobs only)."""
@@ -354,7 +356,7 @@ the Kubeflow UI, "min_area_m2" alone would not say of what."""
 _RECORDS: tuple[tuple[type[Any], tuple[str, ...], str], ...] = (
     (DateWindow, ("start_date", "end_date", "lookback_days", "reference_time", "windows"), ""),
     (PipelineRequest, ("model_type", "model_uri", "stac_url"), ""),
-    (SegmentationSettings, ("spatial_overlap", "mask_nms_thr", "upsample"), ""),
+    (SegmentationSettings, ("spatial_overlap", "mask_nms_thr", "upsample", "chip_anchor"), ""),
     (SearchParams, ("max_cloud_cover", "max_scenes"), ""),
     (RadiometryParams, ("band_scaling", "band_offset"), ""),
     (AmgParams, tuple(f.name for f in dataclasses.fields(AmgParams)), ""),

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from components.core.chips import ChipGrid, chip_grid
+from components.core.chips import ChipGrid, work_chip_grid
 from components.core.merge import SceneMask
 from components.core.params import PipelineRequest
 from components.core.prompts import DroppedPrompt
@@ -73,7 +73,7 @@ def merge_scene(
     scene = open_planned_scene(plan, settings, root)
     strategy = scene_strategy(settings, prompts, scene)
     work = scene.work_grid(settings.upsample)
-    grid = chip_grid(work.height, work.width, shard.chip_size, settings.spatial_overlap)
+    grid = work_chip_grid(work, shard.chip_size, settings.spatial_overlap, settings.chip_anchor)
     merged, aside = cropland_split(strategy.merge(masks, grid), root, settings)
     stats = stats or RunStats(chips_total=len(plan.chips))
     stats.chips_without_prompts = len(grid) - len(plan.chips)  # never read nor encoded

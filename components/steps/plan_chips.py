@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from components.core.chips import chip_grid, shard_chips
+from components.core.chips import shard_chips, work_chip_grid
 from components.core.params import PipelineRequest, SegmentationSettings
 from components.core.radiometry import RgbScaling
 from components.core.records import from_json, to_json
@@ -122,7 +122,7 @@ def plan_scene(
     """One scene's plan: its chips worth segmenting, its scaling and its fingerprint."""
     radiometry = settings.radiometry
     work = scene.work_grid(settings.upsample)
-    grid = chip_grid(work.height, work.width, chip_size, settings.spatial_overlap)
+    grid = work_chip_grid(work, chip_size, settings.spatial_overlap, settings.chip_anchor)
     scaling = scene_scaling(
         scene, radiometry.band_scaling, radiometry.band_offset, radiometry.stretch,
         radiometry.percentiles,

@@ -52,6 +52,7 @@ def request_from_parameters(mode: Mode, values: Mapping[str, Any]) -> PipelineRe
         spatial_overlap=float(v["spatial_overlap"]),
         mask_nms_thr=float(v["mask_nms_thr"]),
         upsample=v["upsample"],
+        chip_anchor=v["chip_anchor"],
         radiometry=RadiometryParams(
             band_names=bands,
             band_scaling=text_list(v["band_scaling"], float, "band_scaling"),

@@ -18,7 +18,7 @@ import numpy as np
 import rasterio
 from pycocotools import mask as mask_utils
 
-from components.core.chips import chip_grid
+from components.core.chips import work_chip_grid
 from components.core.merge import SceneMask
 from components.inference.backends import choose_engine
 from components.inference.embeddings import EmbeddingCache
@@ -69,7 +69,9 @@ def segment_shard(
         for entry in plan.scenes:
             scene = open_planned_scene(entry, settings, root)
             work = scene.work_grid(settings.upsample)
-            grid = chip_grid(work.height, work.width, plan.chip_size, settings.spatial_overlap)
+            grid = work_chip_grid(
+                work, plan.chip_size, settings.spatial_overlap, settings.chip_anchor
+            )
             masks, stats = segment_chips(
                 model,
                 scene,

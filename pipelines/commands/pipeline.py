@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from components.core.chips import CHIP_ANCHORS
 from components.core.params import BACKENDS, LOCAL_CHIP_SHARDS, PRECISIONS, Mode
 from components.errors import InputError, ServiceError
 from components.io.stac import DEFAULT_STAC_URL, STAC_URL_ENV
@@ -27,6 +28,7 @@ RUN_PARAMETERS: dict[str, dict[str, Any]] = {
     "model_type": {},
     "spatial_overlap": {},
     "upsample": {"choices": (1, 2, 3)},
+    "chip_anchor": {"choices": CHIP_ANCHORS},
     "mask_nms_thr": {},
     "max_cloud_cover": {},
     "max_scenes": {},

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from components.core.chips import CHIP_ANCHORS
 from components.core.fields import FieldCleaning
 from components.core.params import (
     BACKENDS,
@@ -112,6 +113,7 @@ def register(subparsers: Any) -> None:
     add_field(p, SegmentationSettings, "spatial_overlap")
     add_field(p, SegmentationSettings, "mask_nms_thr")
     add_field(p, SegmentationSettings, "upsample", choices=(1, 2, 3))
+    add_field(p, SegmentationSettings, "chip_anchor", choices=CHIP_ANCHORS)
     add_field(p, ExecutionParams, "encoder_batch_size")
     add_field(p, PromptParams, "refine_iterations")
     add_field(p, ExecutionParams, "use_cache", "--cache")
@@ -132,6 +134,7 @@ def settings_from(args: argparse.Namespace, mode: str) -> SegmentationSettings:
         spatial_overlap=args.spatial_overlap,
         mask_nms_thr=args.mask_nms_thr,
         upsample=args.upsample,
+        chip_anchor=args.chip_anchor,
         radiometry=RadiometryParams(
             band_names=args.band_names,
             band_indexes=args.band_indexes,

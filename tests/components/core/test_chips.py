@@ -12,12 +12,18 @@ from components.core.chips import (
     chip_step,
     inner_edges,
     shard_chips,
+    work_chip_grid,
     write_boundaries,
 )
+from components.core.geometry import WorkGrid
+from components.core.params import SegmentationSettings
+from components.errors import InputError
 
 dims = st.integers(min_value=1, max_value=6000)
 sizes = st.sampled_from([16, 64, 100, 1024])
 overlaps = st.floats(min_value=0.0, max_value=0.95, allow_nan=False)
+origins = st.one_of(st.none(), st.integers(min_value=-(10**7), max_value=10**7))
+"""Scene-anchored grids (None) and map-anchored ones (the axis' first pixel on the map)."""
 
 
 def test_farmvibes_grid_at_the_pipelines_defaults():
@@ -102,10 +108,10 @@ def test_bad_scene_size_is_a_clear_error(dim):
 
 
 @settings(max_examples=300, deadline=None)
-@given(dim=dims, size=sizes, overlap=overlaps)
-def test_axis_properties(dim, size, overlap):
+@given(dim=dims, size=sizes, overlap=overlaps, origin=origins)
+def test_axis_properties(dim, size, overlap, origin):
     assume(int(size * (1 - overlap)) >= 1)
-    starts = axis_starts(dim, size, overlap)
+    starts = axis_starts(dim, size, overlap, origin)
     # no chip starts outside the scene, the first is flush with 0
     assert starts[0] == 0
     assert (starts >= 0).all()
@@ -128,10 +134,10 @@ def test_axis_properties(dim, size, overlap):
 
 
 @settings(max_examples=300, deadline=None)
-@given(dim=dims, size=sizes, overlap=overlaps)
-def test_write_intervals_partition_the_axis_inside_their_chips(dim, size, overlap):
+@given(dim=dims, size=sizes, overlap=overlaps, origin=origins)
+def test_write_intervals_partition_the_axis_inside_their_chips(dim, size, overlap, origin):
     assume(int(size * (1 - overlap)) >= 1)
-    starts = axis_starts(dim, size, overlap)
+    starts = axis_starts(dim, size, overlap, origin)
     b = write_boundaries(starts, size, dim)
     assert b[0] == 0 and b[-1] == dim
     assert (np.diff(b) > 0).all()  # every chip writes something, intervals are disjoint
@@ -169,6 +175,90 @@ def test_grid_write_windows_partition_the_scene(height, width, size, overlap):
     for r, c, o in zip(rows.ravel(), cols.ravel(), owners, strict=True):
         x0, y0, x1, y1 = grid[int(o)].write_bounds
         assert x0 <= c < x1 and y0 <= r < y1
+
+
+def writers_on_the_map(
+    dim: int, size: int, overlap: float, origin: int | None, shift: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two windows of one axis, the second ``shift`` px later and as much shorter: for the
+    pixels both see, more than a chip and a step from either window's ends, the map
+    position (first pixel of window a = 0) of the chip that writes each pixel and of the
+    start of its write interval, in window a and in window b."""
+    b_origin = None if origin is None else origin + shift
+    a, b = (
+        axis_starts(dim, size, overlap, origin),
+        axis_starts(dim - shift, size, overlap, b_origin),
+    )
+    wa, wb = write_boundaries(a, size, dim), write_boundaries(b, size, dim - shift)
+    margin = size + chip_step(size, overlap)
+    x = np.arange(shift + margin, dim - margin)
+    ia = np.searchsorted(wa, x, side="right") - 1
+    ib = np.searchsorted(wb, x - shift, side="right") - 1
+    return np.stack([a[ia], wa[ia]]), np.stack([b[ib], wb[ib]]) + shift
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dim=st.integers(1, 12000),
+    size=sizes,
+    overlap=overlaps,
+    origin=st.integers(-(10**7), 10**7),
+    shift=st.integers(1, 3000),
+)
+def test_map_anchored_windows_write_each_pixel_from_the_same_chip(
+    dim, size, overlap, origin, shift
+):
+    """Issue 17, item 4: away from the ends, whatever window is drawn, a pixel is written
+    by the chip at the same map position, over the same write interval, so it is
+    segmented from the same pixels."""
+    assume(int(size * (1 - overlap)) >= 1 and dim - shift >= 1)
+    in_a, in_b = writers_on_the_map(dim, size, overlap, origin, shift)
+    np.testing.assert_array_equal(in_a, in_b)
+
+
+def test_scene_anchored_windows_move_the_chips():
+    """The grid anchored at the scene's corner (FarmVibes') does not have that property:
+    shifted by 37 px, most pixels of a 4000 px axis are written by chips elsewhere."""
+    in_a, in_b = writers_on_the_map(4000, 1024, 0.5, None, 37)
+    assert in_a.shape[1] > 800
+    assert (in_a[0] != in_b[0]).mean() > 0.5
+    in_a, in_b = writers_on_the_map(4000, 1024, 0.5, 431250, 37)  # the map's lattice
+    np.testing.assert_array_equal(in_a, in_b)
+
+
+def test_map_anchored_grid_costs_at_most_one_chip_per_axis():
+    for dim in range(1025, 6000, 97):
+        for origin in (0, 1, 255, 511, 43125):
+            n_map, n_scene = (
+                len(axis_starts(dim, 1024, 0.5, origin)),
+                len(axis_starts(dim, 1024, 0.5)),
+            )
+            assert n_scene <= n_map <= n_scene + 1
+    grid = chip_grid(3000, 2000, 1024, 0.5, origin=(-541287, 43125))
+    assert grid.row_starts == tuple(axis_starts(3000, 1024, 0.5, -541287).tolist())
+    assert grid.col_starts == tuple(axis_starts(2000, 1024, 0.5, 43125).tolist())
+    assert all((c.row - 541287) % 512 == 0 or c.row in (0, 3000 - 1024) for c in grid)
+
+
+def test_lattice_origin_counts_pixels_from_the_crs_origin():
+    t = Affine(10.0, 0.0, 431250.0, 0.0, -10.0, 5412870.0)
+    assert WorkGrid.of(100, 200, t).lattice_origin() == (-541287, 43125)
+    shifted = t @ Affine.translation(53, 37)  # an area 53 columns right, 37 rows down
+    assert WorkGrid.of(100, 200, shifted).lattice_origin() == (-541287 + 37, 43125 + 53)
+    assert WorkGrid.of(100, 200, t, upsample=2).lattice_origin() == (-1082574, 86250)
+    with pytest.raises(InputError, match="north-up"):
+        WorkGrid.of(100, 200, t @ Affine.rotation(10)).lattice_origin()
+
+
+def test_the_settings_anchor_decides_the_grid():
+    work = WorkGrid.of(3000, 2000, Affine(10.0, 0.0, 431250.0, 0.0, -10.0, 5412870.0))
+    by_scene = work_chip_grid(work, 1024, 0.5, SegmentationSettings("automatic").chip_anchor)
+    assert by_scene == chip_grid(3000, 2000, 1024, 0.5)
+    by_map = work_chip_grid(work, 1024, 0.5, "map")
+    assert by_map == chip_grid(3000, 2000, 1024, 0.5, origin=(-541287, 43125))
+    assert by_map != by_scene
+    with pytest.raises(InputError, match="chip_anchor must be one of scene, map, got 'grid'"):
+        SegmentationSettings("automatic", chip_anchor="grid")
 
 
 def test_owner_rejects_pixels_outside_the_scene():
