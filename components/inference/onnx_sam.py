@@ -66,7 +66,11 @@ class SamModel(OnnxModelBase):
         bf16 = self.precision == "bf16"
         self.embedding_key = f"{digest}+bf16" if bf16 else digest
         self._encoder = self.engine.open(directory / self.encoder_file, encoder=True)
-        self._decoder = self.engine.open(directory / graphs["decoder"]["file"])
+        self._decoder_path = directory / graphs["decoder"]["file"]
+        self._decoder: Any | None = None
+        """decoder.onnx (full-resolution masks), opened on first use: only a caller asking
+        for ``full_resolution`` needs it (the pipelines upsample low-res logits), so a
+        model load no longer builds its session."""
         self._decoder_lowres = self.engine.open(directory / graphs["decoder_lowres"]["file"])
         # models exported before the points decoder existed run everything on lowres
         points = graphs.get("decoder_points", graphs["decoder_lowres"])
@@ -132,6 +136,8 @@ class SamModel(OnnxModelBase):
         }
         self.decoder_calls += 1
         if full_resolution:
+            if self._decoder is None:
+                self._decoder = self.engine.open(self._decoder_path)
             session = self._decoder
         elif has_mask.any():
             session = self._decoder_lowres

@@ -61,7 +61,9 @@ def test_model_counts_calls_and_checks_inputs(tiny_export):
     with pytest.raises(ValueError, match="encoder input must be"):
         model.encode(np.zeros((1, 3, 512, 512), np.uint8))
     coords, labels = prompt_arrays(np.array([[100.0, 100.0]]), np.array([1]), None)
+    assert model._decoder is None  # the full-resolution decoder opens on first use only
     out = model.decode(emb[:1], coords[None], labels[None], full_resolution=True)
+    assert model._decoder is not None
     assert out.masks is not None and out.masks.shape == (1, 4, 1024, 1024)
     up = model.upscale(out.low_res_logits, (1024, 1024), (1024, 1024))
     np.testing.assert_allclose(up, out.masks, atol=1e-4)  # our upsampling == the graph's
