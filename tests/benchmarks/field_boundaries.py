@@ -13,8 +13,11 @@ Not a test (minutes on two cores): run it by hand and read the table it prints.
    differ by an odd number of pixels (37 rows, 53 columns), as a user drawing a
    slightly different area would; share of masks away from either window's edge
    (64 px) matched at IoU >= 0.9 by the other run, and the median of each mask's best
-   IoU with the other run's, on a synthetic scene and on the real Sentinel-2 sample
-   (shared data; skipped with a note when absent).
+   IoU with the other run's, on a synthetic scene with the chip grid anchored to the
+   scene and to the map (``chip_anchor``; also with the fixed stretch, since the default
+   percentile stretch is computed from each area's own pixels), and on the real
+   Sentinel-2 sample (shared data; skipped with a note when absent; one chip, so no
+   grid to anchor).
 3. **upsample**: recall and precision at IoU 0.5 for ``upsample`` 1 and 2 on a scene of
    parcels half the size the model was trained on.
 """
@@ -155,8 +158,11 @@ def grid_independence(
     name: str, raster: Path, settings: SegmentationSettings, model_uri: str, tmp: Path
 ) -> None:
     a_path, b_path = shifted_windows(raster, tmp)
-    a = segment_raster(a_path, tmp / f"{name}_a", settings, model_uri=model_uri)
-    b = segment_raster(b_path, tmp / f"{name}_b", settings, model_uri=model_uri)
+    out = tmp / name.replace(" ", "_").replace(",", "")
+    started = time.perf_counter()
+    a = segment_raster(a_path, out / "a", settings, model_uri=model_uri)
+    b = segment_raster(b_path, out / "b", settings, model_uri=model_uri)
+    seconds = time.perf_counter() - started
     with rasterio.open(raster) as src:
         shape = (src.height, src.width)
     dy, dx = SHIFT
@@ -177,7 +183,7 @@ def grid_independence(
     share_b = float(np.mean(np.array(best_b) >= 0.9)) if best_b else 0.0
     median = float(np.median(best_a + best_b)) if best_a + best_b else 0.0
     print(f"{name:<34} {len(a_masks):>5} {len(b_masks):>5} {share_a:>8.2f} {share_b:>8.2f} "
-          f"{median:>7.2f}")  # fmt: skip
+          f"{median:>7.2f} {seconds:>8.0f}")  # fmt: skip
 
 
 def upsample_recall(model_uri: str, tmp: Path, quick: bool) -> None:
@@ -214,14 +220,21 @@ def main() -> None:
         if args.only in (None, "grid"):
             print(f"\n2. grid independence: windows shifted by {SHIFT} px, masks >= {EDGE} px "
                   "from the edges, matched at IoU >= 0.9")  # fmt: skip
-            print(f"{'scene':<34} {'a':>5} {'b':>5} {'a in b':>8} {'b in a':>8} {'median':>7}")
+            print(f"{'scene':<34} {'a':>5} {'b':>5} {'a in b':>8} {'b in a':>8} {'median':>7} "
+                  f"{'seconds':>8}")  # fmt: skip
             size = (900, 1300) if args.quick else (1500, 2100)
             scene: Scene = make_scene(HELD_OUT_SEEDS[4], *size)
             settings = SegmentationSettings("automatic", amg=AMG)
-            grid_independence(
-                f"synthetic {size[0]} x {size[1]}", write_s2_geotiff(scene, tmp / "grid.tif"),
-                settings, model_uri, tmp,
-            )  # fmt: skip
+            raster = write_s2_geotiff(scene, tmp / "grid.tif")
+            fixed = RadiometryParams(stretch="none")  # the same RGB for any area
+            for anchor, radiometry, label in (
+                ("scene", settings.radiometry, "scene"), ("map", settings.radiometry, "map"),
+                ("map", fixed, "map, fixed stretch"),
+            ):  # fmt: skip
+                grid_independence(
+                    f"synthetic {size[0]} x {size[1]}, {label}", raster,
+                    replace(settings, chip_anchor=anchor, radiometry=radiometry), model_uri, tmp,
+                )  # fmt: skip
             from tests.conftest import shared_data_dir
 
             data = shared_data_dir()
