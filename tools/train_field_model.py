@@ -386,19 +386,39 @@ def mask_losses(
 
 def decode(
     model: torch.nn.Module,
-    embedding: torch.Tensor,
+    embeddings: torch.Tensor,
+    owner: torch.Tensor,
     points: tuple[torch.Tensor, torch.Tensor] | None,
     boxes: torch.Tensor | None,
     mask_input: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All four mask outputs ``(N, 4, 256, 256)`` and IoU predictions ``(N, 4)``."""
+    """All four mask outputs ``(N, 4, 256, 256)`` and IoU predictions ``(N, 4)``.
+
+    Prompt ``i`` is decoded against ``embeddings[owner[i]]``, so one call serves
+    several chips.
+
+    SAM's ``predict_masks`` adds the dense prompt embedding to the image embedding it
+    repeats per prompt; given a zero image embedding and each prompt's own chip
+    embedding inside the dense term, it decodes every chip's prompts at once with
+    segment_anything's own code (adding zero changes no bit). One call per prompt kind
+    instead of one per chip is what keeps a GPU step from being kernel-launch bound.
+    """
     sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    zero = embeddings.new_zeros((1, *embeddings.shape[1:]))
     return model.mask_decoder.predict_masks(
-        image_embeddings=embedding,
+        image_embeddings=zero,
         image_pe=model.prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
+        dense_prompt_embeddings=embeddings[owner] + dense,
     )
+
+
+def _stacked(batch: list[TrainSample], g: int, field: str, device: torch.device) -> Any:
+    """One field of prompt group ``g`` of every chip, concatenated, on ``device`` (or None)."""
+    values = [getattr(s.groups[g], field) for s in batch]
+    if values[0] is None:
+        return None
+    return torch.from_numpy(np.concatenate(values)).to(device)
 
 
 def group_loss(
@@ -571,7 +591,7 @@ def step_loss(
     """Loss of one training step; appends its metrics to ``running``."""
     embedding = model.image_encoder(normalise(model, sample.rgb))
     return prompt_losses(
-        cfg, model, aux, (embedding, sample), pos_weight, (generator, generator), running
+        cfg, model, aux, (embedding, [sample]), pos_weight, (generator, generator), running
     )
 
 
@@ -579,44 +599,57 @@ def prompt_losses(
     cfg: TrainConfig,
     model: torch.nn.Module,
     aux: AuxHeads,
-    chip: tuple[torch.Tensor, TrainSample],
+    chips: tuple[torch.Tensor, list[TrainSample]],
     pos_weight: float,
     generators: tuple[torch.Generator, torch.Generator],
     running: dict[str, list[Any]],
 ) -> torch.Tensor:
-    """Auxiliary and prompt losses of one chip's ``(1, C, 64, 64)`` embedding and sample.
+    """Mean auxiliary and prompt loss of chips: ``(B, C, 64, 64)`` embeddings, B samples.
 
-    ``generators`` are a CPU generator (auxiliary patch sampling) and one on the
-    embedding's device (corrective clicks); on the CPU they are the same one, as in the
-    recorded run. Metrics are appended to ``running`` as tensors.
+    Every chip has the same prompt groups (counts and shapes come from ``cfg``), so each
+    prompt kind of all chips is decoded in one call (:func:`decode`) and the mean of the
+    per-chip group losses is the group loss over the concatenated prompts. The CPU
+    recipe passes one chip. ``generators`` are a CPU generator (auxiliary patch
+    sampling) and one on the embeddings' device (corrective clicks); on the CPU they are
+    the same one, as in the recorded run. Metrics are appended to ``running`` as tensors.
     """
-    embedding, sample = chip
-    device = embedding.device
+    embeddings, batch = chips
+    device = embeddings.device
     total = torch.zeros((), device=device)
     if cfg.aux_weight:
-        loss_aux = aux(embedding.float(), sample.labels, generators[0])
+        per_chip = [
+            aux(embeddings[i : i + 1].float(), s.labels, generators[0]) for i, s in enumerate(batch)
+        ]
+        loss_aux = torch.stack(per_chip).mean()
         total = total + cfg.aux_weight * loss_aux
         running.setdefault("aux", []).append(loss_aux.detach())
-    n_prompts = sum(len(g.targets) for g in sample.groups) + cfg.refinements
-    for group in sample.groups:
+    n_prompts = sum(len(g.targets) for g in batch[0].groups) + cfg.refinements
+    for g, group in enumerate(batch[0].groups):
+        count = len(group.targets)
+        owner = torch.arange(len(batch), device=device).repeat_interleave(count)
         points = None
-        if group.points is not None and group.point_labels is not None:
+        if group.points is not None:
             points = (
-                torch.from_numpy(group.points).to(device),
-                torch.from_numpy(group.point_labels).to(device),
+                _stacked(batch, g, "points", device),
+                _stacked(batch, g, "point_labels", device),
             )
-        boxes = None if group.boxes is None else torch.from_numpy(group.boxes).to(device)
-        target = torch.from_numpy(group.targets).to(device).float()[:, None]
-        logits, iou_pred = decode(model, embedding, points, boxes)
+        target = _stacked(batch, g, "targets", device).float()[:, None]
+        boxes = _stacked(batch, g, "boxes", device)
+        logits, iou_pred = decode(model, embeddings, owner, points, boxes)
         loss, metrics, _ = group_loss(cfg, logits, iou_pred, target, pos_weight)
-        total = total + loss * len(target) / n_prompts
+        total = total + loss * count / n_prompts
         for k, v in metrics.items():
             running.setdefault(f"{group.kind}/{k}", []).append(v)
         if group.kind == "point" and cfg.refinements and points is not None:
+            # the first ``refinements`` single-point prompts of every chip
+            sel = (
+                owner[::count, None] * count + torch.arange(cfg.refinements, device=device)
+            ).flatten()
             prompts, mask_input, ref_target = refinement_prompts(
-                points[0], logits.float(), iou_pred.float(), target, cfg.refinements, generators[1]
-            )
-            logits2, iou2 = decode(model, embedding, prompts, None, mask_input)
+                points[0][sel], logits[sel].float(), iou_pred[sel].float(), target[sel],
+                len(sel), generators[1],
+            )  # fmt: skip
+            logits2, iou2 = decode(model, embeddings, owner[sel], prompts, None, mask_input)
             loss2, metrics2, _ = group_loss(cfg, logits2, iou2, ref_target, pos_weight)
             total = total + loss2 * cfg.refinements / n_prompts
             for k, v in metrics2.items():

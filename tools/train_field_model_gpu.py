@@ -44,13 +44,12 @@ from tools.train_field_model import (
     AuxHeads,
     TrainConfig,
     TrainSample,
-    group_loss,
     initial_state,
     mean_metrics,
     normalise,
     pad_to_chip,
     pos_weight_at,
-    refinement_prompts,
+    prompt_losses,
     sample_prompts,
     sha256,
     training_scene,
@@ -134,101 +133,6 @@ def lr_at(cfg: TrainConfig, progress: float, warmup: float = 0.03) -> float:
     )
 
 
-def decode_many(
-    model: torch.nn.Module,
-    embeddings: torch.Tensor,
-    owner: torch.Tensor,
-    points: tuple[torch.Tensor, torch.Tensor] | None,
-    boxes: torch.Tensor | None,
-    mask_input: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode prompts of several chips in one call: prompt ``i`` against ``embeddings[owner[i]]``.
-
-    SAM's ``predict_masks`` adds the dense prompt embedding to the image embedding it
-    repeats per prompt; given a zero image embedding and each prompt's own chip
-    embedding inside the dense term, it decodes every chip's prompts at once with
-    segment_anything's own code. One call per prompt kind instead of one per chip is
-    what keeps a GPU step from being kernel-launch bound.
-    """
-    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-    zero = embeddings.new_zeros((1, *embeddings.shape[1:]))
-    return model.mask_decoder.predict_masks(
-        image_embeddings=zero,
-        image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=embeddings[owner] + dense,
-    )
-
-
-def _stacked(batch: list[TrainSample], g: int, field: str, device: torch.device) -> Any:
-    """One field of prompt group ``g`` of every chip, concatenated, on ``device`` (or None)."""
-    values = [getattr(s.groups[g], field) for s in batch]
-    if values[0] is None:
-        return None
-    return torch.from_numpy(np.concatenate(values)).to(device)
-
-
-def batch_losses(
-    cfg: TrainConfig,
-    learner: Learner,
-    embeddings: torch.Tensor,
-    batch: list[TrainSample],
-    pos_weight: float,
-) -> torch.Tensor:
-    """Mean over the chips of :func:`prompt_losses`, each prompt kind decoded in one call.
-
-    Every chip has the same prompt groups (counts and shapes come from ``cfg``), so the
-    mean of the per-chip group losses is the group loss over the concatenated prompts.
-    """
-    device, model, running = embeddings.device, learner.model, learner.running
-    total = torch.zeros((), device=device)
-    if cfg.aux_weight:
-        aux = [
-            learner.aux(embeddings[i : i + 1].float(), s.labels, learner.generators[0])
-            for i, s in enumerate(batch)
-        ]
-        loss_aux = torch.stack(aux).mean()
-        total = total + cfg.aux_weight * loss_aux
-        running.setdefault("aux", []).append(loss_aux.detach())
-    n_prompts = sum(len(g.targets) for g in batch[0].groups) + cfg.refinements
-    for g, group in enumerate(batch[0].groups):
-        per_chip = len(group.targets)
-        owner = torch.arange(len(batch), device=device).repeat_interleave(per_chip)
-        points = None
-        if group.points is not None:
-            points = (
-                _stacked(batch, g, "points", device),
-                _stacked(batch, g, "point_labels", device),
-            )
-        target = _stacked(batch, g, "targets", device).float()[:, None]
-        logits, iou_pred = decode_many(
-            model, embeddings, owner, points, _stacked(batch, g, "boxes", device)
-        )
-        loss, metrics, _ = group_loss(cfg, logits, iou_pred, target, pos_weight)
-        total = total + loss * per_chip / n_prompts
-        for k, v in metrics.items():
-            running.setdefault(f"{group.kind}/{k}", []).append(v)
-        if group.kind == "point" and cfg.refinements and points is not None:
-            first = (owner * per_chip)[::per_chip, None] + torch.arange(
-                cfg.refinements, device=device
-            )
-            sel = first.flatten()
-            prompts, mask_input, ref_target = refinement_prompts(
-                points[0][sel],
-                logits[sel].float(),
-                iou_pred[sel].float(),
-                target[sel],
-                len(sel),
-                learner.generators[1],
-            )
-            logits2, iou2 = decode_many(model, embeddings, owner[sel], prompts, None, mask_input)
-            loss2, metrics2, _ = group_loss(cfg, logits2, iou2, ref_target, pos_weight)
-            total = total + loss2 * cfg.refinements / n_prompts
-            for k, v in metrics2.items():
-                running.setdefault(f"refine/{k}", []).append(v)
-    return total
-
-
 def train_step(
     cfg: TrainConfig, learner: Learner, batch: list[TrainSample], progress: float
 ) -> None:
@@ -239,7 +143,10 @@ def train_step(
     pos_weight = pos_weight_at(cfg, int(progress * cfg.steps))
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
         x = normalise(learner.model, np.stack([s.rgb for s in batch]))
-        total = batch_losses(cfg, learner, learner.model.image_encoder(x), batch, pos_weight)
+        chips = (learner.model.image_encoder(x), batch)
+        total = prompt_losses(
+            cfg, learner.model, learner.aux, chips, pos_weight, learner.generators, learner.running
+        )
     learner.optimiser.zero_grad(set_to_none=True)
     total.backward()
     torch.nn.utils.clip_grad_norm_(learner.model.parameters(), cfg.grad_clip)

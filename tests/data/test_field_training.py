@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tools.train_field_model import SCALE, TrainConfig, normalise, prompt_losses
-from tools.train_field_model_gpu import batch_losses, d4, make_learner, scene_chips
+from tools.train_field_model_gpu import d4, make_learner, scene_chips
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def chips() -> list:
 
 
 def test_batched_decoding_gives_the_per_chip_losses(chips: list) -> None:
-    """One decoder call per prompt kind for all chips = the mean of the per-chip losses.
+    """One decoder call per prompt kind for all chips = the mean of the one-chip losses.
 
     Randomness is switched off (no auxiliary patch sampling, no corrective clicks) so
     both paths see the same prompts; float32 throughout. The two differ only in the
@@ -36,17 +36,14 @@ def test_batched_decoding_gives_the_per_chip_losses(chips: list) -> None:
         embeddings = learner.model.image_encoder(
             normalise(learner.model, np.stack([c.rgb for c in chips]))
         )
-        batched = float(batch_losses(cfg, learner, embeddings, chips, 10.0))
+        parts = (learner.model, learner.aux)
+        batched = float(
+            prompt_losses(cfg, *parts, (embeddings, chips), 10.0, learner.generators, {})
+        )
         per_chip = [
             float(
                 prompt_losses(
-                    cfg,
-                    learner.model,
-                    learner.aux,
-                    (embeddings[i : i + 1], chip),
-                    10.0,
-                    learner.generators,
-                    {},
+                    cfg, *parts, (embeddings[i : i + 1], [chip]), 10.0, learner.generators, {}
                 )
             )
             for i, chip in enumerate(chips)
