@@ -1,8 +1,10 @@
-"""The GPU training recipe of the field fixture (tools/train_field_model_gpu.py), on the CPU.
+"""The field fixture's training tools: the GPU recipe, on the CPU, and an evaluation figure.
 
-The recipe runs on a lent GPU only; what can be checked here is that its batching
-computes the CPU recipe's losses and that its rotated chips keep prompts and targets
-together.
+The GPU recipe (tools/train_field_model_gpu.py) runs on a lent GPU only; what can be
+checked here is that its batching computes the CPU recipe's losses and that its rotated
+chips keep prompts and targets together. The held-out evaluation's embedding figures
+(``nearest_parcel_accuracy``, ``embedding_flood``) are checked on embeddings whose answer
+is known, and the decoder-only diagnostic (tools/train_field_decoder.py) on the fixture.
 """
 
 from __future__ import annotations
@@ -13,7 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from tools.train_field_model import SCALE, TrainConfig, normalise, prompt_losses
+from tests.data.fields.data import make_scene
+from tests.data.fields.model import load_model
+from tools.train_field_decoder import DecoderRun, decoder_model, for_model
+from tools.train_field_model import (
+    SCALE,
+    TrainConfig,
+    embedding_flood,
+    nearest_parcel_accuracy,
+    normalise,
+    pad_to_chip,
+    prompt_losses,
+)
 from tools.train_field_model_gpu import d4, make_learner, scene_chips
 
 
@@ -23,7 +36,8 @@ def chips() -> list:
     return scene_chips(cfg, 3, 0.5, 2) + scene_chips(cfg, 4, 0.9, 1)
 
 
-def test_batched_decoding_gives_the_per_chip_losses(chips: list) -> None:
+@pytest.mark.parametrize("arch", ["vit_tiny", "vit_tiny_d128"])
+def test_batched_decoding_gives_the_per_chip_losses(chips: list, arch: str) -> None:
     """One decoder call per prompt kind for all chips = the mean of the one-chip losses.
 
     Randomness is switched off (no auxiliary patch sampling, no corrective clicks) so
@@ -31,7 +45,7 @@ def test_batched_decoding_gives_the_per_chip_losses(chips: list) -> None:
     order of float32 sums over 256 x 256 pixels and ~50 prompts: relative 1e-5.
     """
     cfg = replace(TrainConfig(), aux_weight=0.0, refinements=0, bf16=False)
-    learner = make_learner(cfg, "vit_tiny", torch.device("cpu"))
+    learner = make_learner(cfg, arch, torch.device("cpu"))
     with torch.no_grad():
         embeddings = learner.model.image_encoder(
             normalise(learner.model, np.stack([c.rgb for c in chips]))
@@ -70,3 +84,74 @@ def test_d4_gives_the_eight_symmetries_of_the_square() -> None:
     images = [d4(a, k) for k in range(8)]
     assert len({im.tobytes() + bytes(im.shape) for im in images}) == 8
     assert all(im.flags["C_CONTIGUOUS"] for im in images)
+
+
+def _parcel_grid() -> np.ndarray:
+    """A 64 x 64 label map of 16 px patches: four 32 x 32 parcels and a margin column."""
+    labels = np.zeros((64, 64), dtype=np.uint32)
+    labels[:32, :32], labels[:32, 32:], labels[32:, :32], labels[32:, 32:] = 1, 2, 3, 4
+    labels[:, 30:34] = 0  # a margin: the patches it crosses are not pure
+    return labels
+
+
+def test_nearest_parcel_accuracy_tells_encoder_from_decoder_errors() -> None:
+    """1 where each parcel has its own direction, 0 where neighbours look alike."""
+    labels = _parcel_grid()  # pure patches: columns 0 (parcels 1, 3) and 3 (2, 4)
+    grid = labels[::16, ::16]  # the 4 x 4 patch grid's parcel ids (margin patches: 0)
+    distinct = np.eye(8)[:, grid]  # one-hot of the parcel id: (8, 4, 4)
+    assert nearest_parcel_accuracy(distinct, labels) == 1.0
+    assert nearest_parcel_accuracy(np.ones((8, 4, 4)), labels) == 0.0  # ties count as wrong
+    alike = np.eye(8)[:, np.where(grid == 2, 1, grid)]  # parcels 1 and 2 look the same
+    # 2 of 8 pure patches in each parcel: those of 1 and 2 fail, those of 3 and 4 do not
+    assert nearest_parcel_accuracy(alike, labels) == pytest.approx(0.5)
+    # 1 and 2 lie 3 patches apart: within 1 patch only 1-3 and 2-4 are compared
+    assert nearest_parcel_accuracy(alike, labels, radius=1) == 1.0
+
+
+def test_embedding_flood_follows_content_and_connectivity() -> None:
+    """A click's flood takes the connected patches that look like the clicked one."""
+    columns = np.array([0, 1, 0, 0])  # content A, B, A, A across a 4 x 4 patch grid
+    embedding = np.eye(2)[:, np.tile(columns, (4, 1))]  # (2, 4, 4)
+    flood = embedding_flood(embedding, (5.0, 40.0), (64, 64))  # a click in column 0
+    expected = np.zeros((64, 64), dtype=bool)
+    expected[:, :16] = True  # columns 2-3 look the same but B cuts them off
+    assert np.array_equal(flood, expected)
+    assert embedding_flood(embedding, (40.0, 5.0), (64, 64)).sum() == 2 * 16 * 64
+    # no content at all: only the clicked patch, never the whole image
+    assert embedding_flood(np.ones((2, 4, 4)), (5.0, 40.0), (64, 64)).sum() == 16 * 16
+
+
+def test_decoder_only_runs_freeze_the_encoder_and_rescale_its_content() -> None:
+    """tools/train_field_decoder.py: the encoder is the fixture's, frozen, its content
+    scaled by ``neck_gain`` and repeated to a wider decoder's channels, in the model and
+    in the cached embeddings alike."""
+    fixture = load_model()
+    theirs = fixture.image_encoder.state_dict()
+    rgb, labels = pad_to_chip(make_scene(5, 300, 400))
+    with torch.no_grad():
+        cached = fixture.image_encoder(normalise(fixture, rgb))
+    for run in (DecoderRun(neck_gain=3.0, decoder_heads=1), DecoderRun(decoder_width=128)):
+        model = decoder_model(run, None)
+        assert not any(p.requires_grad for p in model.image_encoder.parameters())
+        assert all(p.requires_grad for p in model.mask_decoder.parameters())
+        attention = model.mask_decoder.transformer.layers[0].cross_attn_token_to_image
+        assert attention.num_heads == run.decoder_heads
+        assert model.mask_decoder.transformer_dim == run.decoder_width
+        with torch.no_grad():
+            direct = model.image_encoder(normalise(model, rgb))
+        (expected, _, _), *_ = for_model([(cached, rgb, labels)], model, run.neck_gain)
+        assert direct.shape == (1, run.decoder_width, 64, 64)
+        # the same float32 LayerNorm outputs, scaled before or after adding the bias; the
+        # wide neck's 3x3 convolution sums twice the terms (each halved): rounding only
+        assert torch.allclose(expected, direct, rtol=1e-5, atol=1e-5)
+        if run.decoder_width == 128:  # the fixture's embedding, twice over
+            for half in (direct[:, :64], direct[:, 64:]):
+                assert torch.allclose(half, cached, rtol=1e-5, atol=1e-5)
+        else:  # the gain took effect
+            assert not torch.allclose(direct, cached, atol=1e-2)
+    for name, value in (
+        decoder_model(DecoderRun(neck_gain=3.0), None).image_encoder.state_dict().items()
+    ):
+        assert torch.equal(value, 3.0 * theirs[name] if name == "neck.3.weight" else theirs[name])
+    with pytest.raises(ValueError, match="decoder_width 96"):
+        decoder_model(DecoderRun(decoder_width=96), None)
