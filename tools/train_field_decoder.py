@@ -32,7 +32,7 @@ import torch
 from numpy.typing import NDArray
 
 from model_export.architectures import ARCHITECTURES, build_sam
-from tests.data.fields.model import HELD_OUT_SEEDS, load_model
+from tests.data.fields.model import CHECKPOINT, HELD_OUT_SEEDS, load_model
 from tools.train_field_model import (
     AuxHeads,
     TrainConfig,
@@ -43,6 +43,7 @@ from tools.train_field_model import (
     pad_to_chip,
     prompt_losses,
     sample_prompts,
+    sha256,
     training_scene,
 )
 
@@ -80,12 +81,17 @@ class DecoderRun:
     seed: int = 0
 
 
-def cached_chips(encoder_model: torch.nn.Module, scenes: int, cache: Path) -> list[Chip]:
-    """The training chips and their embeddings, computed once and kept in ``cache``."""
+def cached_chips(checkpoint: Path, scenes: int, cache_dir: Path) -> list[Chip]:
+    """The training chips and the checkpoint's embeddings of them, computed once.
+
+    The cache file is named by the checkpoint's sha256 and the number of scenes, so
+    another checkpoint (or a retrained fixture) never reads stale embeddings.
+    """
+    cache = cache_dir / f"chips-{sha256(checkpoint)[:16]}-{scenes}.pt"
     if cache.exists():
-        chips: list[Chip] = torch.load(cache, weights_only=False)
-        if len(chips) == scenes:
-            return chips
+        cached: list[Chip] = torch.load(cache, weights_only=False)
+        return cached
+    encoder_model = load_model(checkpoint)
     chips = []
     for i in range(scenes):
         step = 1000 + i
@@ -93,7 +99,7 @@ def cached_chips(encoder_model: torch.nn.Module, scenes: int, cache: Path) -> li
         rgb, labels = pad_to_chip(training_scene(SCENE_CONFIG, rng, step))
         with torch.no_grad():
             chips.append((encoder_model.image_encoder(normalise(encoder_model, rgb)), rgb, labels))
-    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     torch.save(chips, cache)
     return chips
 
@@ -115,9 +121,9 @@ def widened_neck(state: dict[str, torch.Tensor], copies: int) -> dict[str, torch
     return out
 
 
-def decoder_model(run: DecoderRun, checkpoint: Path | None) -> torch.nn.Module:
+def decoder_model(run: DecoderRun, checkpoint: Path = CHECKPOINT) -> torch.nn.Module:
     """The checkpoint's encoder with a fresh or the checkpoint's decoder, per ``run``."""
-    model = load_model(checkpoint) if checkpoint else load_model()
+    model = load_model(checkpoint)
     base = ARCHITECTURES["vit_tiny"]
     copies, rest = divmod(run.decoder_width, base.prompt_embed_dim)
     if rest or copies < 1 or (copies > 1 and not run.fresh):
@@ -209,8 +215,8 @@ def train_decoder(run: DecoderRun, model: torch.nn.Module, chips: list[Chip]) ->
 def main(argv: list[str] | None = None) -> None:
     """Command line: cache the embeddings, train the decoder, evaluate on held-out scenes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=None, help="default: the fixture")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/sam_fields_decoder/chips.pt"))
+    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/sam_fields_decoder"))
     parser.add_argument("--out", type=Path, default=None, help="where to save the model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-seeds", type=int, default=len(HELD_OUT_SEEDS))
@@ -228,8 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     run = DecoderRun(**{k: getattr(args, k) for k in DecoderRun.__dataclass_fields__})
     print(json.dumps({"run": asdict(run)}), flush=True)
     model = decoder_model(run, args.checkpoint)
-    encoder = load_model(args.checkpoint) if args.checkpoint else load_model()
-    chips = for_model(cached_chips(encoder, run.scenes, args.cache), model, run.neck_gain)
+    chips = cached_chips(args.checkpoint, run.scenes, args.cache_dir)
+    chips = for_model(chips, model, run.neck_gain)
     train_decoder(run, model, chips)
     model.eval()
     if args.out:

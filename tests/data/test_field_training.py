@@ -131,7 +131,7 @@ def test_decoder_only_runs_freeze_the_encoder_and_rescale_its_content() -> None:
     with torch.no_grad():
         cached = fixture.image_encoder(normalise(fixture, rgb))
     for run in (DecoderRun(neck_gain=3.0, decoder_heads=1), DecoderRun(decoder_width=128)):
-        model = decoder_model(run, None)
+        model = decoder_model(run)
         assert not any(p.requires_grad for p in model.image_encoder.parameters())
         assert all(p.requires_grad for p in model.mask_decoder.parameters())
         attention = model.mask_decoder.transformer.layers[0].cross_attn_token_to_image
@@ -149,9 +149,7 @@ def test_decoder_only_runs_freeze_the_encoder_and_rescale_its_content() -> None:
                 assert torch.allclose(half, cached, rtol=1e-5, atol=1e-5)
         else:  # the gain took effect
             assert not torch.allclose(direct, cached, atol=1e-2)
-    for name, value in (
-        decoder_model(DecoderRun(neck_gain=3.0), None).image_encoder.state_dict().items()
-    ):
+    for name, value in decoder_model(DecoderRun(neck_gain=3.0)).image_encoder.state_dict().items():
         assert torch.equal(value, 3.0 * theirs[name] if name == "neck.3.weight" else theirs[name])
     with pytest.raises(ValueError, match="decoder_width 96"):
-        decoder_model(DecoderRun(decoder_width=96), None)
+        decoder_model(DecoderRun(decoder_width=96))
