@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from model_export.architectures import ARCHITECTURES, build_sam
@@ -36,6 +37,7 @@ from tests.data.fields.model import CHECKPOINT, HELD_OUT_SEEDS, load_model
 from tools.train_field_model import (
     AuxHeads,
     TrainConfig,
+    decode,
     evaluate,
     init_for_prompts,
     mean_metrics,
@@ -66,6 +68,11 @@ class DecoderRun:
     pe_scale: float = 1.0
     """Spread of the random Fourier frequencies (:class:`TrainConfig`); on the
     checkpoint's decoder it rescales the trained ones."""
+    pe_fine: float = 1.0
+    """A further factor on the second half of the frequencies: a multi-scale encoding, in
+    which the decoder can pick fine frequencies to gather a click's content from close
+    by and coarse ones for the parcel's extent (``pe_scale`` above 1 on all of them
+    collapsed fresh decoders to empty masks)."""
     attention_init: float = 2.0
     """Scale of a fresh decoder's position-aligned attention init (:class:`TrainConfig`)."""
     neck_gain: float = 1.0
@@ -128,6 +135,8 @@ def decoder_model(run: DecoderRun, checkpoint: Path = CHECKPOINT) -> torch.nn.Mo
     copies, rest = divmod(run.decoder_width, base.prompt_embed_dim)
     if rest or copies < 1 or (copies > 1 and not run.fresh):
         raise ValueError(f"decoder_width {run.decoder_width}: a fresh decoder's multiple of 64")
+    if run.pe_fine != 1.0 and not run.fresh:
+        raise ValueError("pe_fine applies to a fresh decoder's frequencies only")
     if run.fresh:
         torch.manual_seed(1)
         arch = replace(
@@ -139,6 +148,9 @@ def decoder_model(run: DecoderRun, checkpoint: Path = CHECKPOINT) -> torch.nn.Mo
         )
         fresh = build_sam(arch)
         init_for_prompts(fresh, run.attention_init, run.pe_scale)
+        with torch.no_grad():
+            gaussian = fresh.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+            gaussian[:, gaussian.shape[1] // 2 :] *= run.pe_fine
         fresh.image_encoder.load_state_dict(widened_neck(model.image_encoder.state_dict(), copies))
         model = fresh
     elif run.pe_scale != 1.0:
@@ -212,6 +224,100 @@ def train_decoder(run: DecoderRun, model: torch.nn.Module, chips: list[Chip]) ->
             print(json.dumps(line), flush=True)
 
 
+def readout_iou(features: torch.Tensor, target: torch.Tensor, iterations: int = 60) -> float:
+    """The best IoU with ``target`` of any mask read out linearly from ``features``.
+
+    ``features`` ``(C, h, w)`` are resized bilinearly to ``target``'s ``(H, W)``; a
+    class-balanced logistic regression per target (L-BFGS) gives the direction, and
+    the best threshold on it is found exactly (every cut between distinct scores). An
+    upper bound on what a mask token's hypernetwork vector can do with these features
+    (SAM's mask is a dot product of that vector with the upscaled features), so a
+    stage whose bound falls tells where the decoder loses the parcel.
+    """
+    x = F.interpolate(features[None].float(), size=target.shape, mode="bilinear")[0].flatten(1).T
+    x = x / x.std(dim=0, keepdim=True).clamp(min=1e-6)  # one scale for L-BFGS and the prior
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
+    y = (target.flatten() > 0.5).float()
+    positives = float(y.sum())
+    if positives == 0:
+        raise ValueError("readout_iou: the target has no positive pixel")
+    balance = torch.tensor(min(30.0, (y.numel() - positives) / positives))
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    optimiser = torch.optim.LBFGS([w], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x @ w, y, pos_weight=balance)
+        loss = loss + 1e-4 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)  # type: ignore[no-untyped-call]
+    with torch.no_grad():
+        score, order = torch.sort(x @ w, descending=True)
+        hits = torch.cumsum(y[order], dim=0)
+        taken = torch.arange(1, len(y) + 1, dtype=torch.float32)
+        cut = torch.ones_like(score, dtype=torch.bool)  # a cut only between distinct scores
+        cut[:-1] = score[1:] < score[:-1]
+        iou = hits / (taken + positives - hits)
+        return float(iou[cut].max())
+
+
+STAGES = ("transformer", "upscale_1", "upscale_2")
+"""The decoder's image-side features, in order: the two-way transformer's image
+tokens (``transformer_dim`` channels at 64 px), the first transposed convolution's
+activation (a quarter of them at 128 px) and the second's (an eighth at 256 px), of
+which the masks are dot products."""
+
+
+def readout_bounds(
+    model: torch.nn.Module, chips: list[Chip], clicks: int = 16, seed: int = 0
+) -> dict[str, float]:
+    """Per decoder stage, the mean :func:`readout_iou` of single clicks' parcels.
+
+    Also the decoder's own masks' mean IoU (the output its IoU head picks, as in
+    training) for comparison. The clicks are the first ``clicks`` of the training
+    recipe's single points (16 a chip).
+    """
+    stages: dict[str, torch.Tensor] = {}
+    decoder = model.mask_decoder
+    hooks = [
+        decoder.transformer.register_forward_hook(
+            lambda _m, _i, out: stages.__setitem__("transformer", out[1])
+        ),
+        decoder.output_upscaling[2].register_forward_hook(
+            lambda _m, _i, out: stages.__setitem__("upscale_1", out)
+        ),
+        decoder.output_upscaling.register_forward_hook(
+            lambda _m, _i, out: stages.__setitem__("upscale_2", out)
+        ),
+    ]
+    rng = np.random.default_rng(seed)
+    found: dict[str, list[float]] = {name: [] for name in ("decoder", *STAGES)}
+    try:
+        for embedding, rgb, labels in chips:
+            group = sample_prompts(SCENE_CONFIG, rng, rgb, labels).groups[0]
+            assert group.points is not None and group.point_labels is not None
+            points = (torch.from_numpy(group.points), torch.from_numpy(group.point_labels))
+            owner = torch.zeros(len(group.targets), dtype=torch.long)
+            with torch.no_grad():
+                logits, iou_pred = decode(model, embedding, owner, points, None)
+            side = math.isqrt(stages["transformer"].shape[1])
+            stages["transformer"] = stages["transformer"].transpose(1, 2).unflatten(2, (side, side))
+            targets = torch.from_numpy(group.targets).float()
+            chosen = iou_pred[:, 1:].argmax(dim=1) + 1
+            for i, target in enumerate(targets[:clicks]):
+                truth = target > 0.5
+                mask = logits[i, chosen[i]] > 0
+                found["decoder"].append(float((mask & truth).sum() / (mask | truth).sum()))
+                for name in STAGES:
+                    found[name].append(readout_iou(stages[name][i].detach(), target))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: round(float(np.mean(v)), 4) for name, v in found.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: cache the embeddings, train the decoder, evaluate on held-out scenes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -220,6 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="where to save the model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-seeds", type=int, default=len(HELD_OUT_SEEDS))
+    parser.add_argument(
+        "--readout-chips", type=int, default=0,
+        help="training chips on which to report readout_bounds after training",
+    )  # fmt: skip
     for f in DecoderRun.__dataclass_fields__.values():
         if isinstance(f.default, bool):
             parser.add_argument(
@@ -240,9 +350,13 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     if args.out:
         torch.save(model.state_dict(), args.out)
-    with torch.no_grad():
-        report = evaluate(model, HELD_OUT_SEEDS[: args.eval_seeds])
-    print(json.dumps({"held_out": report}), flush=True)
+    if args.readout_chips:
+        bounds = readout_bounds(model, chips[: args.readout_chips])
+        print(json.dumps({"readout_bounds": bounds}), flush=True)
+    if args.eval_seeds:
+        with torch.no_grad():
+            report = evaluate(model, HELD_OUT_SEEDS[: args.eval_seeds])
+        print(json.dumps({"held_out": report}), flush=True)
 
 
 if __name__ == "__main__":
