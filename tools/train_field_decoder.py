@@ -10,7 +10,8 @@ prompt encoder and mask decoder alone, with the CPU recipe's prompts and losses
 embeddings of ``--scenes`` training scenes (drawn at the end of the curriculum: full
 difficulty, parcels of 120-240 px), with fresh prompts on one scene every step. A step
 then costs the decoder's share only: about 2.4 s on two cores, against 6.6 s for a
-step of the full recipe in its recorded run.
+step of the full recipe in its recorded run. ``--readout-chips`` then reports
+:func:`readout_bounds`: where in the decoder a click's parcel is lost.
 
 Run from the repository root (README.md in tests/data/fields has the recorded runs)::
 
@@ -84,6 +85,12 @@ class DecoderRun:
     decoder_width: int = 64
     """Channels of a fresh decoder (``vit_tiny``: 64), a multiple of the encoder's 64:
     the encoder's neck then gives copies of its embedding (:func:`widened_neck`)."""
+    tied_upscaling: bool = False
+    """A fresh decoder's two transposed convolutions start with one kernel for their four
+    output phases (nearest-neighbour upsampling, then a 1x1 convolution): with
+    segment_anything's independent init per phase, a wide decoder's last stage holds a
+    click's parcel in each phase (readout 0.67) but not across them (0.48), so one
+    hypernetwork vector draws a checkerboard."""
     scenes: int = 64
     seed: int = 0
 
@@ -135,8 +142,8 @@ def decoder_model(run: DecoderRun, checkpoint: Path = CHECKPOINT) -> torch.nn.Mo
     copies, rest = divmod(run.decoder_width, base.prompt_embed_dim)
     if rest or copies < 1 or (copies > 1 and not run.fresh):
         raise ValueError(f"decoder_width {run.decoder_width}: a fresh decoder's multiple of 64")
-    if run.pe_fine != 1.0 and not run.fresh:
-        raise ValueError("pe_fine applies to a fresh decoder's frequencies only")
+    if (run.pe_fine != 1.0 or run.tied_upscaling) and not run.fresh:
+        raise ValueError("pe_fine and tied_upscaling apply to a fresh decoder only")
     if run.fresh:
         torch.manual_seed(1)
         arch = replace(
@@ -151,6 +158,9 @@ def decoder_model(run: DecoderRun, checkpoint: Path = CHECKPOINT) -> torch.nn.Mo
         with torch.no_grad():
             gaussian = fresh.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
             gaussian[:, gaussian.shape[1] // 2 :] *= run.pe_fine
+            if run.tied_upscaling:
+                for conv in (fresh.mask_decoder.output_upscaling[i] for i in (0, 3)):
+                    conv.weight.copy_(conv.weight[:, :, :1, :1].expand_as(conv.weight))
         fresh.image_encoder.load_state_dict(widened_neck(model.image_encoder.state_dict(), copies))
         model = fresh
     elif run.pe_scale != 1.0:
@@ -333,7 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     for f in DecoderRun.__dataclass_fields__.values():
         if isinstance(f.default, bool):
             parser.add_argument(
-                f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default
+                f"--{f.name.replace('_', '-')}",
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
             )
         else:
             parser.add_argument(
