@@ -41,6 +41,7 @@ from tools.train_field_model import (
     decode,
     evaluate,
     init_for_prompts,
+    iou,
     mean_metrics,
     normalise,
     pad_to_chip,
@@ -239,10 +240,11 @@ def readout_iou(features: torch.Tensor, target: torch.Tensor, iterations: int = 
 
     ``features`` ``(C, h, w)`` are resized bilinearly to ``target``'s ``(H, W)``; a
     class-balanced logistic regression per target (L-BFGS) gives the direction, and
-    the best threshold on it is found exactly (every cut between distinct scores). An
-    upper bound on what a mask token's hypernetwork vector can do with these features
+    the best threshold on it is found exactly (every cut between distinct scores). It
+    estimates what a mask token's hypernetwork vector could do with these features
     (SAM's mask is a dot product of that vector with the upscaled features), so a
-    stage whose bound falls tells where the decoder loses the parcel.
+    stage whose figure falls tells where the decoder loses the parcel. An estimate, not
+    a proven maximum: the direction maximises the fit's likelihood, not the IoU.
     """
     x = F.interpolate(features[None].float(), size=target.shape, mode="bilinear")[0].flatten(1).T
     x = x / x.std(dim=0, keepdim=True).clamp(min=1e-6)  # one scale for L-BFGS and the prior
@@ -317,9 +319,8 @@ def readout_bounds(
             targets = torch.from_numpy(group.targets).float()
             chosen = iou_pred[:, 1:].argmax(dim=1) + 1
             for i, target in enumerate(targets[:clicks]):
-                truth = target > 0.5
-                mask = logits[i, chosen[i]] > 0
-                found["decoder"].append(float((mask & truth).sum() / (mask | truth).sum()))
+                mask = (logits[i, chosen[i]] > 0).numpy()
+                found["decoder"].append(iou(mask, (target > 0.5).numpy()))
                 for name in STAGES:
                     found[name].append(readout_iou(stages[name][i].detach(), target))
     finally:
