@@ -21,14 +21,18 @@ from tests.data.fields.model import load_model
 from tools.train_field_decoder import (
     STAGES,
     DecoderRun,
+    best_cut_iou,
+    content_match_iou,
     decoder_model,
     for_model,
     readout_bounds,
     readout_iou,
+    token_content_loss,
 )
 from tools.train_field_model import (
     SCALE,
     TrainConfig,
+    decode,
     embedding_flood,
     nearest_parcel_accuracy,
     normalise,
@@ -161,7 +165,11 @@ def test_decoder_only_runs_freeze_the_encoder_and_rescale_its_content() -> None:
         assert torch.equal(value, 3.0 * theirs[name] if name == "neck.3.weight" else theirs[name])
     with pytest.raises(ValueError, match="decoder_width 96"):
         decoder_model(DecoderRun(decoder_width=96))
-    for run in (DecoderRun(fresh=False, pe_fine=2.0), DecoderRun(fresh=False, tied_upscaling=True)):
+    for run in (
+        DecoderRun(fresh=False, pe_fine=2.0),
+        DecoderRun(fresh=False, tied_upscaling=True),
+        DecoderRun(fresh=False, image_update=0.0),
+    ):
         with pytest.raises(ValueError, match="fresh decoder only"):
             decoder_model(run)
 
@@ -183,6 +191,39 @@ def test_fresh_decoder_options_shape_its_initial_weights() -> None:
     assert torch.allclose(freqs[1][:, half:], 4.0 * freqs[0][:, half:])
 
 
+def test_image_update_zero_keeps_the_image_tokens_the_same_for_every_prompt() -> None:
+    """``image_update=0``: the image side's attention to the prompt tokens adds nothing
+    and stays frozen, so the decoder's image tokens are the same for any two clicks (a
+    click acts through the mask tokens alone); by default they differ. A factor between
+    scales the initial projection."""
+    rgb, _ = pad_to_chip(make_scene(5, 300, 400))
+    points = (torch.tensor([[[60.0, 80.0]], [[250.0, 200.0]]]), torch.ones(2, 1))
+    owner = torch.zeros(2, dtype=torch.long)
+    plain = decoder_model(DecoderRun())
+    for run, same in ((DecoderRun(image_update=0.0), True), (DecoderRun(), False)):
+        model = decoder_model(run)
+        tokens: list[torch.Tensor] = []
+        hook = model.mask_decoder.transformer.register_forward_hook(
+            lambda _m, _i, out, store=tokens: store.append(out[1])
+        )
+        with torch.no_grad():
+            embedding = model.image_encoder(normalise(model, rgb))
+            decode(model, embedding, owner, points, None)
+        hook.remove()
+        assert torch.equal(tokens[0][0], tokens[0][1]) is same
+        projections = [
+            layer.cross_attn_image_to_token.out_proj
+            for layer in model.mask_decoder.transformer.layers
+        ]
+        assert all(p.weight.requires_grad is not same for p in projections)
+    half = decoder_model(DecoderRun(image_update=0.5))
+    for ours, theirs in zip(
+        half.mask_decoder.transformer.layers, plain.mask_decoder.transformer.layers, strict=True
+    ):
+        a, b = ours.cross_attn_image_to_token.out_proj, theirs.cross_attn_image_to_token.out_proj
+        assert torch.equal(a.weight, 0.5 * b.weight) and torch.equal(a.bias, b.bias)
+
+
 def test_readout_iou_is_the_best_linear_cut() -> None:
     """A band of columns 5-6 of 8: a linear readout of the column index can only take
     columns from one end (best: 5-7, IoU 2/3); with the squared distance to the band's
@@ -199,17 +240,60 @@ def test_readout_iou_is_the_best_linear_cut() -> None:
         readout_iou(column[None], torch.zeros(8, 8))
 
 
+def test_best_cut_iou_tries_every_threshold_and_keeps_ties_together() -> None:
+    truth = torch.tensor([1, 1, 0, 1, 0, 0])
+    assert best_cut_iou(torch.tensor([6.0, 5, 4, 3, 2, 1]), truth) == pytest.approx(3 / 4)
+    assert best_cut_iou(torch.tensor([6.0, 5, 1, 3, 2, 1]), truth) == 1.0
+    # a hit tied with a miss: both or neither, never the hit alone (which would give 1)
+    assert best_cut_iou(torch.tensor([3.0, 3, 1, 1]), torch.tensor([1, 0, 0, 0])) == 0.5
+
+
+def test_content_match_iou_selects_what_looks_like_the_click() -> None:
+    """Columns 0-1 and 6-7 look alike (one-hot "a"), 2-5 differ ("b"); the target is
+    columns 0-1. Clicked there, the match takes every "a" pixel (IoU 1/2: no
+    connectivity); a third feature that tells columns 6-7 apart makes it exact."""
+    column = torch.arange(8.0).expand(8, 8)
+    like = ((column <= 1) | (column >= 6)).float()
+    features = torch.stack([like, 1 - like])
+    target = (column <= 1).float()
+    click = (64.0, 512.0)  # chip pixels: column 0, row 4 of the 8 x 8 grid
+    assert content_match_iou(features, target, click) == pytest.approx(1 / 2)
+    told = torch.cat([features, (column >= 6).float()[None]])
+    assert content_match_iou(told, target, click) == 1.0
+    # features at a coarser grid are resized to the target's
+    assert content_match_iou(told[:, ::2, ::2], target, click) > 0.7
+
+
 def test_readout_bounds_show_where_the_fixture_decoder_loses_the_parcel() -> None:
     """On the fixture, the two-way transformer's image tokens still hold a click's parcel
     (a linear readout finds it far better than the decoder's masks), and the upscaling
     to 8 channels loses most of it: the finding recorded in tests/data/fields/README.md
     (training chips 0-3: readout 0.94 / 0.56 / 0.44 by stage, the decoder's masks 0.34)."""
     model = load_model()
-    rgb, labels = pad_to_chip(make_scene(5, 700, 700))
+    rgb, labels = pad_to_chip(make_scene(7, 900, 900))
     with torch.no_grad():
         embedding = model.image_encoder(normalise(model, rgb))
     bounds = readout_bounds(model, [(embedding, rgb, labels)], clicks=4)
-    assert set(bounds) == {"decoder", *STAGES}
+    matched = {f"match/{name}" for name in ("embedding", *STAGES)}
+    assert set(bounds) == {"decoder", *STAGES, *matched}
     assert all(0.0 < v <= 1.0 for v in bounds.values())
     assert bounds["transformer"] > bounds["upscale_2"] + 0.2
     assert bounds["transformer"] > bounds["decoder"] + 0.2
+    # the clicked content selects the parcel in the embedding (0.80 here, 0.79 on
+    # training chips), not any more after the decoder's transformer (0.41; 0.46)
+    assert bounds["match/embedding"] > bounds["match/transformer"] + 0.2
+
+
+def test_token_content_loss_is_zero_for_the_parcel_mean_and_two_for_its_opposite() -> None:
+    embedding = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    targets = torch.zeros(2, 16, 16)
+    targets[0, :8] = 1.0  # rows 0-1 of the 4 x 4 grid
+    targets[1, :, 8:] = 1.0  # columns 2-3
+    flat = embedding[0].flatten(1)
+    mean = flat.mean(dim=1)
+    parcels = torch.stack([flat[:, :8].mean(1), flat.unflatten(1, (4, 4))[:, :, 2:].mean((1, 2))])
+    tokens = (parcels - mean)[:, None].repeat(1, 3, 1)
+    loss = float(token_content_loss(tokens + mean, embedding, targets))
+    assert loss == pytest.approx(0, abs=1e-6)
+    loss = float(token_content_loss(mean - tokens, embedding, targets))
+    assert loss == pytest.approx(2, abs=1e-6)
