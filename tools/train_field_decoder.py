@@ -240,16 +240,20 @@ def train_decoder(run: DecoderRun, model: torch.nn.Module, chips: list[Chip]) ->
         embedding, rgb, labels = chips[int(rng.integers(len(chips)))]
         sample = sample_prompts(SCENE_CONFIG, rng, rgb, labels)
         outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        hook = model.mask_decoder.transformer.register_forward_hook(
-            lambda _m, _i, out, store=outputs: store.append(out)
-        )
+        hooks = [
+            model.mask_decoder.transformer.register_forward_hook(
+                lambda _m, _i, out, store=outputs: store.append(out)
+            )
+            for _ in range(1 if run.token_content else 0)
+        ]
         try:
             total = prompt_losses(
                 SCENE_CONFIG, model, aux, (embedding, [sample]), pos_weight, (generator,) * 2,
                 running,
             )  # fmt: skip
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
         if run.token_content:
             # the first decoding is the single clicks' (sample_prompts' first group)
             count = model.mask_decoder.num_mask_tokens
